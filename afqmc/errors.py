@@ -1,0 +1,17 @@
+"""The framework's own errors: each message says what was wrong, where, and what is expected."""
+
+
+class AfqmcError(Exception):
+    """Base class: run.py prints these without a traceback."""
+
+
+class ConfigError(AfqmcError):
+    """A config key has a value the framework cannot use."""
+
+
+class DataError(AfqmcError):
+    """A data file is missing or has a bad line."""
+
+
+class ModelLoadError(AfqmcError):
+    """model.checkpoint cannot be loaded."""

@@ -1,0 +1,56 @@
+"""Optimizers and learning-rate schedules, each registered under the name its YAML gives."""
+from __future__ import annotations
+
+import torch
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+from .errors import ConfigError
+from .registry import OPTIMIZERS, SCHEDULERS
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices only: decaying biases and LayerNorm gains only hurts (BERT's recipe)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@OPTIMIZERS.register("adamw")
+def build_adamw(cfg, model):
+    # fused=True runs the whole update as one CUDA kernel per parameter group instead of one per tensor.
+    fused = next(model.parameters()).is_cuda
+    return torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused
+    )
+
+
+@OPTIMIZERS.register("sgd")
+def build_sgd(cfg, model):
+    return torch.optim.SGD(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov
+    )
+
+
+def warmup_steps(cfg, total_steps: int) -> int:
+    if cfg.warmup_steps is not None:
+        return int(cfg.warmup_steps)
+    if not 0 <= cfg.warmup_ratio <= 1:
+        raise ConfigError(f"scheduler.warmup_ratio={cfg.warmup_ratio}; allowed: a number from 0 to 1")
+    return int(cfg.warmup_ratio * total_steps)
+
+
+@SCHEDULERS.register("linear")
+def build_linear(cfg, optimizer, total_steps: int):
+    return get_linear_schedule_with_warmup(optimizer, warmup_steps(cfg, total_steps), total_steps)
+
+
+@SCHEDULERS.register("cosine")
+def build_cosine(cfg, optimizer, total_steps: int):
+    return get_cosine_schedule_with_warmup(optimizer, warmup_steps(cfg, total_steps), total_steps)
+
+
+@SCHEDULERS.register("constant")
+def build_constant(cfg, optimizer, total_steps: int):
+    return get_constant_schedule_with_warmup(optimizer, warmup_steps(cfg, total_steps))

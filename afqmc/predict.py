@@ -1,0 +1,80 @@
+"""Classify sentence pairs with a saved checkpoint.
+
+    python -m afqmc.predict CHECKPOINT_DIR "句子一" "句子二"
+    python -m afqmc.predict CHECKPOINT_DIR --file pairs.jsonl [--output out.jsonl]
+
+--file reads JSON lines with sentence1/sentence2 (other names: --text-a/--text-b) and writes one
+{"id", "label", "probability"} per line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from .data import read_examples
+from .errors import AfqmcError
+from .model import BertForPairwiseCLS, load_tokenizer
+
+
+class Predictor:
+    def __init__(self, checkpoint: str | Path, max_length: int = 128, device: str | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = BertForPairwiseCLS.from_pretrained(checkpoint).to(self.device).eval()
+        self.tokenizer = load_tokenizer(str(checkpoint))
+        self.max_length = max_length
+
+    @torch.inference_mode()
+    def __call__(self, pairs: list[tuple[str, str]], batch_size: int = 64) -> list[tuple[str, float]]:
+        """(label, probability of that label) for each pair."""
+        out = []
+        for i in range(0, len(pairs), batch_size):
+            a, b = zip(*pairs[i : i + batch_size])
+            batch = self.tokenizer(list(a), list(b), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            probs = self.model(**batch.to(self.device)).logits.float().softmax(-1)
+            p, idx = probs.max(-1)
+            out += [(self.model.config.id2label[j], q) for j, q in zip(idx.tolist(), p.tolist())]
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m afqmc.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", help="a checkpoints/best directory of a run")
+    ap.add_argument("pair", nargs="*", help="sentence1 sentence2")
+    ap.add_argument("--file", help="JSON lines of pairs to classify")
+    ap.add_argument("--output", help="where --file's predictions go (default: standard output)")
+    ap.add_argument("--text-a", default="sentence1")
+    ap.add_argument("--text-b", default="sentence2")
+    ap.add_argument("--max-length", type=int, default=128)
+    args = ap.parse_args(argv)
+    if bool(args.file) == bool(args.pair) or (args.pair and len(args.pair) != 2):
+        ap.error('give either two sentences or --file FILE')
+    try:
+        predictor = Predictor(args.checkpoint, args.max_length)
+        if args.pair:
+            label, prob = predictor([tuple(args.pair)])[0]
+            print(f"label {label} probability {prob:.4f}")
+            return 0
+        cfg = OmegaConf.create({"format": "jsonl", "label_map": {}, "columns": {"text_a": args.text_a, "text_b": args.text_b, "id": "id"}})
+        examples = list(read_examples(Path(args.file), cfg, labeled=False))
+        results = predictor([(e["text_a"], e["text_b"]) for e in examples])
+        text = "".join(
+            json.dumps({"id": e["id"], "label": label, "probability": round(prob, 6)}, ensure_ascii=False) + "\n"
+            for e, (label, prob) in zip(examples, results)
+        )
+        if args.output:
+            Path(args.output).write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text)
+        return 0
+    except (AfqmcError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Name -> component registries. A YAML's `name:` picks a registered builder.
+
+Adding a component is one decorated function or class plus one YAML file:
+
+    @OPTIMIZERS.register("lion")
+    def build_lion(cfg, model): ...
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+
+class Registry:
+    def __init__(self, key: str):
+        self.key = key  # the config key that holds a component's name
+        self._items: dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str):
+        def add(fn):
+            if name in self._items:
+                raise ValueError(f"{self.key}={name!r} is registered twice")
+            self._items[name] = fn
+            return fn
+
+        return add
+
+    def get(self, name: str) -> Callable[..., Any]:
+        _import_components()
+        if name not in self._items:
+            raise ConfigError(
+                f"{self.key}={name!r} is not registered; registered: {', '.join(sorted(self._items))}"
+            )
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        _import_components()
+        return sorted(self._items)
+
+
+DATASETS = Registry("dataset.name")
+COLLATORS = Registry("dataset.collate")
+MODELS = Registry("model.name")
+OPTIMIZERS = Registry("optimizer.name")
+SCHEDULERS = Registry("scheduler.name")
+TRAINERS = Registry("trainer.name")
+_COMPONENT_MODULES = ["afqmc.data", "afqmc.model", "afqmc.optim", "afqmc.trainer"]
+
+
+def _import_components() -> None:
+    """The built-in components register themselves when their modules are imported."""
+    for module in _COMPONENT_MODULES:
+        importlib.import_module(module)
+
+
+def check_names(cfg) -> None:
+    """Fail on an unknown component name before any data or model is loaded."""
+    from omegaconf import OmegaConf
+
+    for registry in (DATASETS, COLLATORS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS):
+        registry.get(OmegaConf.select(cfg, registry.key))
+
+
+def build_trainer(cfg, output_dir):
+    check_names(cfg)
+    return TRAINERS.get(cfg.trainer.name)(cfg, output_dir)

@@ -1,0 +1,269 @@
+"""The training recipe: setup() builds everything from the config, fit() trains, evaluates and predicts.
+
+Everything a run produces lands in its output directory:
+metrics.jsonl, summary.json, checkpoints/best/, predictions/<task>_predict.json (run.log is Hydra's).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from itertools import islice
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+from tqdm import tqdm
+from transformers import set_seed
+
+from .data import StreamingPairDataset, ensure_downloaded, read_examples
+from .errors import ConfigError
+from .metrics import classification_metrics
+from .model import BertForPairwiseCLS
+from .registry import COLLATORS, DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS
+
+log = logging.getLogger(__name__)
+METRICS = ("accuracy", "f1_macro", "f1_pos", "precision_pos", "recall_pos", "loss")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Temp file + rename: a reader (or a crash) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+@TRAINERS.register("default")
+class Trainer:
+    def __init__(self, cfg, output_dir):
+        self.cfg, self.tcfg = cfg, cfg.trainer
+        self.out = Path(output_dir)
+        if self.tcfg.metric not in METRICS:
+            raise ConfigError(f"trainer.metric={self.tcfg.metric!r}; allowed: {', '.join(METRICS)}")
+        if self.tcfg.precision not in PRECISIONS:
+            raise ConfigError(f"trainer.precision={self.tcfg.precision!r}; allowed: {', '.join(PRECISIONS)}")
+
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        set_seed(self.tcfg.seed)
+        self.device = self._setup_device()
+        self._setup_model()
+        self._setup_data()
+        self._setup_optimizer()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.metrics_file = open(self.out / "metrics.jsonl", "a", encoding="utf-8")
+
+    def _setup_device(self) -> torch.device:
+        want = self.tcfg.device
+        device = torch.device("cuda" if want == "auto" and torch.cuda.is_available() else "cpu" if want == "auto" else want)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"trainer.device={want!r} but CUDA is not available; allowed here: auto, cpu")
+        precision = self.tcfg.precision
+        if precision == "auto":
+            precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        if precision == "fp16" and device.type != "cuda":
+            raise ConfigError("trainer.precision=fp16 needs CUDA; allowed on CPU: auto, fp32, bf16")
+        self.precision = precision
+        if device.type == "cuda":
+            # TF32 matmuls: ~8x the fp32 rate on Ampere+ at a precision fine-tuning does not notice.
+            torch.set_float32_matmul_precision("high")
+        # fp16 overflows without loss scaling; bf16 has fp32's range and needs none.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        log.info("device: %s, precision: %s", device, precision)
+        return device
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _setup_model(self) -> None:
+        label_map = self.cfg.dataset.label_map
+        if sorted(label_map.values()) != list(range(len(label_map))):
+            raise ConfigError(f"dataset.label_map={dict(label_map)}: class indices must be 0..{len(label_map) - 1}, each once")
+        self.label_names = [str(raw) for raw, _ in sorted(label_map.items(), key=lambda kv: kv[1])]
+        self.model, self.tokenizer = MODELS.get(self.cfg.model.name)(self.cfg.model, self.label_names)
+        self.model.to(self.device)
+
+    def _setup_data(self) -> None:
+        dcfg, t = self.cfg.dataset, self.tcfg
+        ensure_downloaded(dcfg)
+        # Padding to a multiple of 8 lets CUDA tensor cores take every matmul; CPUs gain nothing from it.
+        collate = COLLATORS.get(dcfg.collate)(dcfg, self.tokenizer, 8 if self.device.type == "cuda" else None)
+        build = DATASETS.get(dcfg.name)
+        self.train_set, self.dev_set = build(dcfg, "train"), build(dcfg, "dev")
+        self.test_set = build(dcfg, "test") if t.predict and dcfg.splits.get("test") else None
+        loader = dict(collate_fn=collate, num_workers=t.num_workers, pin_memory=self.device.type == "cuda")
+        self.generator = torch.Generator().manual_seed(t.seed)  # batch order depends on the seed alone
+        streaming = isinstance(self.train_set, StreamingPairDataset)
+        sampler = None if streaming else RandomSampler(self.train_set, generator=self.generator)
+        self.train_loader = DataLoader(self.train_set, batch_size=t.batch_size, sampler=sampler, **loader)
+        self.eval_loaders = {
+            split: DataLoader(ds, batch_size=t.eval_batch_size, shuffle=False, **loader)
+            for split, ds in (("dev", self.dev_set), ("test", self.test_set)) if ds is not None
+        }
+        n_train = self._count(self.train_set) if streaming else len(self.train_set)
+        self.batches_per_epoch = math.ceil(n_train / t.batch_size)
+        log.info("data: %d train, %d dev, %s test pairs", n_train, len(self.dev_set),
+                 len(self.test_set) if self.test_set is not None else "no")
+
+    def _count(self, ds: StreamingPairDataset) -> int:
+        """A streaming split has no len(); one pass over the file sizes the LR schedule."""
+        return sum(1 for _ in islice(read_examples(ds.path, ds.cfg, True), ds.limit))
+
+    def _setup_optimizer(self) -> None:
+        t = self.tcfg
+        steps_per_epoch = math.ceil(self.batches_per_epoch / t.grad_accum_steps)
+        self.total_steps = steps_per_epoch * t.epochs
+        if t.max_steps is not None:
+            self.total_steps = min(self.total_steps, t.max_steps)
+        self.optimizer = OPTIMIZERS.get(self.cfg.optimizer.name)(self.cfg.optimizer, self.model)
+        self.scheduler = SCHEDULERS.get(self.cfg.scheduler.name)(self.cfg.scheduler, self.optimizer, self.total_steps)
+
+    # ---------------------------------------------------------------- train
+    def fit(self) -> float:
+        self.setup()
+        self.train()
+        return self.finish()
+
+    def train(self) -> None:
+        t, model = self.tcfg, self.model
+        self.step, self.samples, self.train_seconds = 0, 0, 0.0
+        self.best = None  # {"epoch", "metric", "value"}
+        show_bar = sys.stderr.isatty()
+        for epoch in range(1, t.epochs + 1):
+            model.train()
+            start, running = time.perf_counter(), None
+            bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{t.epochs}", total=self.batches_per_epoch,
+                       disable=not show_bar, dynamic_ncols=True)
+            for i, batch in enumerate(bar):
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                batch.pop("index")
+                with self.autocast():
+                    loss = model(**batch).loss
+                self.scaler.scale(loss / t.grad_accum_steps).backward()
+                self.samples += len(batch["labels"])
+                # an exponential moving average, kept on the device: reading it each step would sync
+                running = loss.detach() if running is None else 0.9 * running + 0.1 * loss.detach()
+                if (i + 1) % t.grad_accum_steps and i + 1 != self.batches_per_epoch:
+                    continue  # accumulate: more micro-batches before the optimizer step
+                self.scaler.unscale_(self.optimizer)  # clip the true gradient, not the scaled one
+                if t.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                self.step += 1
+                if self.step % t.log_every == 0:
+                    lr = self.scheduler.get_last_lr()[0]
+                    record = {"type": "train", "epoch": epoch, "step": self.step, "loss": running.item(), "lr": lr}
+                    self._log(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
+                    if not show_bar:
+                        log.info("epoch %d step %d/%d loss %.4f lr %.2e", epoch, self.step, self.total_steps, record["loss"], lr)
+                if self.step >= self.total_steps:
+                    break
+            bar.close()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()  # queued kernels belong to this epoch's time
+            self.train_seconds += time.perf_counter() - start
+            self._end_epoch(epoch)
+            if self.step >= self.total_steps:
+                break
+
+    def _end_epoch(self, epoch: int) -> None:
+        metrics = self.evaluate("dev")
+        self._log({"type": "eval", "split": "dev", "epoch": epoch, "step": self.step, **metrics})
+        log.info("epoch %d dev: %s", epoch, " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        metric, value = self.tcfg.metric, metrics[self.tcfg.metric]
+        better = self.best is None or (value < self.best["value"] if metric == "loss" else value > self.best["value"])
+        if better:
+            self.best = {"epoch": epoch, "metric": metric, "value": value}
+            self.save(self.out / "checkpoints" / "best")
+            log.info("new best %s %.4f at epoch %d: saved checkpoints/best", metric, value, epoch)
+
+    @torch.inference_mode()
+    def _forward_all(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(dataset indices, logits, labels or None) for a whole split, in dataset order."""
+        self.model.eval()
+        indices, logits, labels = [], [], []
+        for batch in self.eval_loaders[split]:
+            indices.append(batch.pop("index"))
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            y = batch.pop("labels", None)
+            with self.autocast():
+                logits.append(self.model(**batch).logits.float().cpu())
+            if y is not None:
+                labels.append(y.cpu())
+        order = torch.cat(indices).argsort()
+        labels = torch.cat(labels)[order] if labels else None
+        return torch.cat(indices)[order], torch.cat(logits)[order], labels
+
+    def evaluate(self, split: str = "dev") -> dict[str, float]:
+        _, logits, labels = self._forward_all(split)
+        metrics = classification_metrics(logits.argmax(-1), labels, len(self.label_names))
+        metrics["loss"] = torch.nn.functional.cross_entropy(logits, labels).item()
+        return metrics
+
+    def predict(self) -> Path:
+        """CLUE's submission format: one {"id": ..., "label": raw label} per test line, in file order."""
+        indices, logits, _ = self._forward_all("test")
+        path = self.out / "predictions" / f"{self.cfg.dataset.task}_predict.json"
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for i, pred in zip(indices.tolist(), logits.argmax(-1).tolist()):
+                f.write(json.dumps({"id": self.test_set.examples[i]["id"], "label": self.label_names[pred]}, ensure_ascii=False) + "\n")
+        tmp.replace(path)
+        return path
+
+    def save(self, path: Path) -> None:
+        """Model + tokenizer, written beside the old copy and swapped in: a crash mid-save keeps the old one."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def finish(self) -> float:
+        """Reload the best checkpoint, score dev with it, predict test, write summary.json."""
+        best_dir = self.out / "checkpoints" / "best"
+        self.model = BertForPairwiseCLS.from_pretrained(best_dir).to(self.device)
+        dev = self.evaluate("dev")
+        predictions = self.predict() if self.test_set is not None else None
+        summary = {
+            "status": "completed",
+            "best": self.best,
+            "dev": dev,
+            "train": {
+                "seconds": self.train_seconds,
+                "samples": self.samples,
+                "samples_per_second": self.samples / self.train_seconds if self.train_seconds else 0.0,
+                "steps": self.step,
+            },
+            "output_dir": str(self.out.resolve()),
+            "checkpoint": str(best_dir.resolve()),
+            "predictions": str(predictions.resolve()) if predictions else None,
+            "device": str(self.device),
+            "precision": self.precision,
+        }
+        write_json_atomic(self.out / "summary.json", summary)
+        log.info("best %s %.4f (epoch %d); dev with best checkpoint: %s", self.best["metric"], self.best["value"],
+                 self.best["epoch"], " ".join(f"{k} {v:.4f}" for k, v in dev.items()))
+        self.metrics_file.close()
+        return self.best["value"]
+
+    def _log(self, record: dict) -> None:
+        self.metrics_file.write(json.dumps({"time": time.time(), **record}) + "\n")
+        self.metrics_file.flush()

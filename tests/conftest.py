@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny data sets and a tiny BERT written into tmp_path; nothing from the network or ../shared."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import afqmc  # noqa: F401  (registers the resolvers the configs use)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def compose_cfg(overrides=()):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def run_py(*args, cwd=ROOT, timeout=300):
+    """python run.py ARGS in a subprocess, as a user would run it."""
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def pairs_dir(tmp_path):
+    """A tiny AFQMC-shaped data directory."""
+    rows = [
+        {"sentence1": "借呗怎么还款", "sentence2": "如何还借呗", "label": "1"},
+        {"sentence1": "花呗额度", "sentence2": "余额宝收益", "label": "0"},
+        {"sentence1": "信用卡逾期", "sentence2": "信用卡晚还", "label": "1"},
+        {"sentence1": "支付宝开通", "sentence2": "网商贷关闭", "label": "0"},
+    ]
+    write_jsonl(tmp_path / "data" / "train.json", rows * 3)
+    write_jsonl(tmp_path / "data" / "dev.json", rows)
+    write_jsonl(tmp_path / "data" / "test.json", [{"id": i + 10, "sentence1": r["sentence1"], "sentence2": r["sentence2"]} for i, r in enumerate(rows)])
+    return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A randomly initialised 2-layer BERT (hidden 48, not 768) saved with a character vocabulary."""
+    from transformers import BertConfig, BertTokenizer
+
+    from afqmc.model import BertForPairwiseCLS
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    chars = sorted(set("借呗怎么还款如何花额度余收益信用卡逾期晚支付宝开通网商贷关闭是的吗"))
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars]) + "\n", encoding="utf-8")
+    BertTokenizer(vocab=str(path / "vocab.txt")).save_pretrained(path)
+    config = BertConfig(vocab_size=5 + len(chars), hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=2)
+    BertForPairwiseCLS(config).save_pretrained(path)
+    return path

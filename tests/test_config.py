@@ -1,0 +1,52 @@
+"""Every option of every config group composes, and its component name is registered."""
+import pytest
+from omegaconf import OmegaConf
+
+from afqmc.errors import ConfigError
+from afqmc.registry import check_names
+
+from .conftest import CONF, compose_cfg
+
+OPTIONS = [(group, f.stem) for group in ("dataset", "model", "optimizer", "scheduler", "trainer", "experiment")
+           for f in sorted((CONF / group).glob("*.yaml"))]
+
+
+def test_every_group_has_options():
+    groups = {g for g, _ in OPTIONS}
+    assert groups == {"dataset", "model", "optimizer", "scheduler", "trainer", "experiment"}
+    assert {"adamw", "sgd", "linear", "cosine", "constant", "clue_baseline", "smoke"} <= {o for _, o in OPTIONS}
+
+
+@pytest.mark.parametrize("group,option", OPTIONS)
+def test_option_composes_and_is_registered(group, option):
+    cfg = compose_cfg([f"{group}={option}"])
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    check_names(cfg)
+
+
+@pytest.mark.parametrize("group,option", [o for o in OPTIONS if o[0] != "experiment"])
+def test_every_knob_has_a_comment(group, option):
+    """Each top-level key of a group option carries a one-line comment (nested maps: on the parent)."""
+    path = CONF / group / f"{option}.yaml"
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line[:1].isalpha():
+            assert "#" in line, f"{path}:{n} has no comment: {line!r}"
+
+
+def test_clue_baseline_recipe():
+    cfg = compose_cfg(["experiment=clue_baseline"])
+    assert (cfg.optimizer.lr, cfg.trainer.batch_size, cfg.trainer.epochs, cfg.dataset.max_length) == (2e-5, 16, 3, 128)
+
+
+def test_command_line_overrides_win_over_experiment():
+    cfg = compose_cfg(["experiment=smoke", "optimizer.lr=1e-4", "trainer.epochs=2"])
+    assert (cfg.optimizer.lr, cfg.trainer.epochs) == (1e-4, 2)
+
+
+@pytest.mark.parametrize("key", ["dataset.name", "dataset.collate", "model.name", "optimizer.name", "scheduler.name", "trainer.name"])
+def test_unknown_name_lists_registered(key):
+    cfg = compose_cfg([f"{key}=nope"])
+    with pytest.raises(ConfigError, match=rf"{key}='nope' is not registered; registered: .+") as e:
+        check_names(cfg)
+    if key == "optimizer.name":
+        assert "adamw, sgd" in str(e.value)

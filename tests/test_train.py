@@ -1,0 +1,92 @@
+"""The training loop learns; run.py end to end; sweeps; predict CLI."""
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from afqmc.model import BertForPairwiseCLS
+from afqmc.trainer import Trainer
+
+from .conftest import ROOT, compose_cfg, run_py, write_jsonl
+
+PRODUCTS = ["借呗", "花呗", "余额宝", "信用卡", "网商贷", "支付宝"]
+
+
+def product_pairs(rng, n):
+    """Label 1 when both questions name the same product: learnable, and 50% by chance."""
+    rows = []
+    for _ in range(n):
+        a, b = rng.choice(PRODUCTS), rng.choice(PRODUCTS)
+        if rng.random() < 0.5:
+            b = a
+        rows.append({"sentence1": f"{a}怎么开通", "sentence2": f"如何关闭{b}", "label": str(int(a == b))})
+    return rows
+
+
+def test_training_loop_learns(tmp_path, tiny_bert_dir):
+    rng = random.Random(0)
+    write_jsonl(tmp_path / "d" / "train.json", product_pairs(rng, 600))
+    write_jsonl(tmp_path / "d" / "dev.json", product_pairs(rng, 200))
+    cfg = compose_cfg([f"dataset.root={tmp_path / 'd'}", f"model.checkpoint={tiny_bert_dir}", "model.pretrained=false",
+                       "dataset.splits.test=null", "optimizer.lr=2e-3", "trainer.epochs=6", "trainer.batch_size=16"])
+    trainer = Trainer(cfg, tmp_path / "out")
+    best = trainer.fit()
+    dev = json.loads((tmp_path / "out" / "summary.json").read_text())["dev"]
+    assert best > 0.8 and dev["accuracy"] > 0.8, dev  # chance is 0.5
+    assert dev["f1_pos"] > 0.8
+
+
+def test_max_steps_and_grad_accumulation(tmp_path, pairs_dir, tiny_bert_dir):
+    cfg = compose_cfg([f"dataset.root={pairs_dir}", f"model.checkpoint={tiny_bert_dir}", "trainer.batch_size=2",
+                       "trainer.grad_accum_steps=2", "trainer.max_steps=2", "trainer.epochs=5", "trainer.log_every=1"])
+    Trainer(cfg, tmp_path).fit()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["train"]["steps"] == 2 and summary["train"]["samples"] == 8  # 2 steps x 2 micro-batches x 2
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "train"] == [1, 2]
+    assert [r["epoch"] for r in records if r["type"] == "eval"] == [1]
+
+
+def test_smoke_run_writes_every_output(tmp_path):
+    out = tmp_path / "run"
+    proc = run_py("experiment=smoke", f"hydra.run.dir={out}", "trainer.epochs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "run.log", "metrics.jsonl", "summary.json",
+                 "checkpoints/best/config.json", "checkpoints/best/model.safetensors", "predictions/afqmc_predict.json"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"epoch", "metric", "value"} <= summary["best"].keys()
+    assert {"accuracy", "f1_macro", "f1_pos", "loss"} <= summary["dev"].keys()
+    assert {"seconds", "samples", "samples_per_second", "steps"} <= summary["train"].keys()
+    assert summary["output_dir"] == str(out) and summary["train"]["samples"] == 1600
+    preds = [json.loads(line) for line in (out / "predictions" / "afqmc_predict.json").read_text().splitlines()]
+    assert [p["id"] for p in preds] == list(range(50)) and {p["label"] for p in preds} <= {"0", "1"}
+    assert "epoch 2 dev: accuracy" in (out / "run.log").read_text()
+    assert {json.loads(line)["type"] for line in (out / "metrics.jsonl").read_text().splitlines()} == {"train", "eval"}
+
+    # the best checkpoint reloads with from_pretrained and scores what summary.json says
+    model = BertForPairwiseCLS.from_pretrained(out / "checkpoints" / "best")
+    assert model.config.id2label == {0: "0", 1: "1"}
+    pred = subprocess.run([sys.executable, "-m", "afqmc.predict", str(out / "checkpoints" / "best"), "借呗怎么还款", "如何还借呗的钱"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert pred.returncode == 0 and pred.stdout.startswith("label "), pred.stderr
+
+
+def test_sweep_makes_one_directory_per_job(tmp_path):
+    proc = run_py("-m", "experiment=smoke", "trainer.epochs=1", "optimizer.lr=1e-3,2e-3", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name != ".hydra" and (p / "summary.json").exists())
+    assert [p.name for p in jobs] == ["0", "1"]
+    lrs = [OmegaConf.load(p / ".hydra" / "overrides.yaml") for p in jobs]
+    assert [o[-1] for o in lrs] == ["optimizer.lr=0.001", "optimizer.lr=0.002"]
+    assert [OmegaConf.load(p / ".hydra" / "config.yaml").optimizer.lr for p in jobs] == [1e-3, 2e-3]
+
+
+def test_unknown_name_fails_before_heavy_work(tmp_path):
+    proc = run_py("experiment=smoke", "optimizer.name=adamx", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 1
+    assert "optimizer.name='adamx' is not registered; registered: adamw, sgd" in proc.stdout + proc.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()
