@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 import afqmc  # noqa: F401  (registers the config resolvers)
 from afqmc.errors import AfqmcError
+from afqmc.runs import write_failed_summary
 
 log = logging.getLogger("afqmc")
 
@@ -17,10 +18,14 @@ def main(cfg: DictConfig) -> float:
     """Trains one run; returns its best dev metric so that Hydra sweepers can optimize it."""
     from afqmc.registry import build_trainer  # torch and transformers load only past --help/--cfg
 
+    output_dir = HydraConfig.get().runtime.output_dir
     try:
-        return build_trainer(cfg, HydraConfig.get().runtime.output_dir).fit()
-    except AfqmcError as e:  # the message says what to fix; a traceback would bury it
-        log.error("%s: %s", type(e).__name__, e)
+        return build_trainer(cfg, output_dir).fit()
+    except Exception as e:
+        write_failed_summary(output_dir, e)  # so that the sweep report lists this run as failed, and why
+        if not isinstance(e, AfqmcError):
+            raise
+        log.error("%s: %s", type(e).__name__, e)  # the message says what to fix; a traceback would bury it
         sys.exit(1)
 
 
