@@ -1,5 +1,6 @@
 """Entry point: python run.py [overrides]. See README.md and conf/config.yaml."""
 import logging
+import os
 import sys
 
 import hydra
@@ -22,12 +23,20 @@ def main(cfg: DictConfig) -> float:
     try:
         return build_trainer(cfg, output_dir).fit()
     except Exception as e:
-        write_failed_summary(output_dir, e)  # so that the sweep report lists this run as failed, and why
+        if RANK == "0":
+            write_failed_summary(output_dir, e)  # so that the sweep report lists this run as failed, and why
         if not isinstance(e, AfqmcError):
             raise
         log.error("%s: %s", type(e).__name__, e)  # the message says what to fix; a traceback would bury it
         sys.exit(1)
 
 
+RANK = os.environ.get("RANK", "0")  # set by torchrun
+
 if __name__ == "__main__":
+    if RANK != "0":
+        # Hydra would give every torchrun rank a run directory of its own. Ranks other than 0 get none
+        # and log only warnings: they write nothing, and the trainer hands them rank 0's directory.
+        sys.argv = [a for a in sys.argv if not a.startswith("hydra.run.dir=")] + [
+            "hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.job_logging.root.level=WARNING"]
     main()

@@ -16,15 +16,18 @@ from itertools import islice
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import set_seed
 
+from . import distributed as dist
 from .data import StreamingPairDataset, ensure_downloaded, read_examples
 from .errors import ConfigError
 from .metrics import classification_metrics
 from .model import BertForPairwiseCLS
 from .registry import COLLATORS, DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS
+from .sampling import TrainBatchSampler, sorted_batches
 
 log = logging.getLogger(__name__)
 METRICS = ("accuracy", "f1_macro", "f1_pos", "precision_pos", "recall_pos", "loss")
@@ -52,17 +55,22 @@ class Trainer:
     def setup(self) -> None:
         set_seed(self.tcfg.seed)
         self.device = self._setup_device()
+        # Under torchrun every rank works for rank 0's run directory; only rank 0 writes there.
+        self.out = Path(dist.broadcast(str(self.out)))
+        self.metrics_file = None
+        if dist.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.metrics_file = open(self.out / "metrics.jsonl", "a", encoding="utf-8")
         self._setup_model()
         self._setup_data()
         self._setup_optimizer()
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.metrics_file = open(self.out / "metrics.jsonl", "a", encoding="utf-8")
 
     def _setup_device(self) -> torch.device:
         want = self.tcfg.device
         device = torch.device("cuda" if want == "auto" and torch.cuda.is_available() else "cpu" if want == "auto" else want)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"trainer.device={want!r} but CUDA is not available; allowed here: auto, cpu")
+        device = dist.init(device.type) or device  # under torchrun: this rank's GPU
         precision = self.tcfg.precision
         if precision == "auto":
             precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -74,7 +82,7 @@ class Trainer:
             torch.set_float32_matmul_precision("high")
         # fp16 overflows without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        log.info("device: %s, precision: %s", device, precision)
+        log.info("device: %s, precision: %s, processes: %d", device, precision, dist.world_size())
         return device
 
     def autocast(self):
@@ -90,26 +98,47 @@ class Trainer:
         self.label_names = [str(raw) for raw, _ in sorted(label_map.items(), key=lambda kv: kv[1])]
         self.model, self.tokenizer = MODELS.get(self.cfg.model.name)(self.cfg.model, self.label_names)
         self.model.to(self.device)
+        # self.model is the plain module that gets saved and reloaded; self.forward trains it and
+        # self.infer evaluates it (never through DDP: ranks score different numbers of batches).
+        self.forward = self.infer = torch.compile(self.model) if self.tcfg.compile else self.model
+        if dist.world_size() > 1:  # DDP all-reduces gradients in buckets while backward still runs
+            ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                          broadcast_buffers=False)  # BERT's only buffers are constant position ids
+            self.forward = torch.compile(ddp) if self.tcfg.compile else ddp
 
     def _setup_data(self) -> None:
         dcfg, t = self.cfg.dataset, self.tcfg
         ensure_downloaded(dcfg)
-        # Padding to a multiple of 8 lets CUDA tensor cores take every matmul; CPUs gain nothing from it.
-        collate = COLLATORS.get(dcfg.collate)(dcfg, self.tokenizer, 8 if self.device.type == "cuda" else None)
         build = DATASETS.get(dcfg.name)
         self.train_set, self.dev_set = build(dcfg, "train"), build(dcfg, "dev")
         self.test_set = build(dcfg, "test") if t.predict and dcfg.splits.get("test") else None
+        # Tensor cores take matmuls whose sizes are multiples of 8; torch.compile wants few distinct
+        # shapes (each one compiles anew), so it gets coarser buckets. A CPU gains nothing from either.
+        multiple = 32 if t.compile else 8 if self.device.type == "cuda" else None
+        collate = COLLATORS.get(dcfg.collate)(dcfg, self.tokenizer, multiple)
         loader = dict(collate_fn=collate, num_workers=t.num_workers, pin_memory=self.device.type == "cuda")
-        self.generator = torch.Generator().manual_seed(t.seed)  # batch order depends on the seed alone
         streaming = isinstance(self.train_set, StreamingPairDataset)
-        sampler = None if streaming else RandomSampler(self.train_set, generator=self.generator)
-        self.train_loader = DataLoader(self.train_set, batch_size=t.batch_size, sampler=sampler, **loader)
+        for ds in (self.train_set, self.dev_set, self.test_set):
+            if ds is not None and not isinstance(ds, StreamingPairDataset):
+                ds.encode(self.tokenizer, dcfg.max_length)  # once per split, not once per batch and epoch
+        rank, world = dist.rank(), dist.world_size()
+        if streaming:  # file order, tokenized batch by batch
+            if world > 1:  # ranks would need equal batch counts from a file of unknown length
+                raise ConfigError("dataset.streaming=true runs in one process only; allowed under torchrun: false")
+            self.train_sampler = None
+            self.train_loader = DataLoader(self.train_set, batch_size=t.batch_size, **loader)
+            n_train = self._count(self.train_set)
+            self.batches_per_epoch = math.ceil(n_train / t.batch_size)
+        else:
+            self.train_sampler = TrainBatchSampler(self.train_set.lengths(), t.batch_size, t.seed, t.group_by_length, rank=rank, world=world)
+            self.train_loader = DataLoader(self.train_set, batch_sampler=self.train_sampler, **loader)
+            n_train = len(self.train_set)
+            self.batches_per_epoch = len(self.train_sampler)
+        # Each rank scores every world-th batch; _forward_all gathers them, so each pair counts once.
         self.eval_loaders = {
-            split: DataLoader(ds, batch_size=t.eval_batch_size, shuffle=False, **loader)
+            split: DataLoader(ds, batch_sampler=sorted_batches(ds.lengths(), t.eval_batch_size)[rank::world], **loader)
             for split, ds in (("dev", self.dev_set), ("test", self.test_set)) if ds is not None
         }
-        n_train = self._count(self.train_set) if streaming else len(self.train_set)
-        self.batches_per_epoch = math.ceil(n_train / t.batch_size)
         log.info("data: %d train, %d dev, %s test pairs", n_train, len(self.dev_set),
                  len(self.test_set) if self.test_set is not None else "no")
 
@@ -139,19 +168,25 @@ class Trainer:
         show_bar = sys.stderr.isatty()
         for epoch in range(1, t.epochs + 1):
             model.train()
+            if self.train_sampler is not None:
+                self.train_sampler.set_epoch(epoch)
             start, running = time.perf_counter(), None
             bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{t.epochs}", total=self.batches_per_epoch,
                        disable=not show_bar, dynamic_ncols=True)
             for i, batch in enumerate(bar):
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 batch.pop("index")
-                with self.autocast():
-                    loss = model(**batch).loss
-                self.scaler.scale(loss / t.grad_accum_steps).backward()
-                self.samples += len(batch["labels"])
+                stepping = (i + 1) % t.grad_accum_steps == 0 or i + 1 == self.batches_per_epoch
+                # DDP: all-reduce gradients only on the micro-batch that steps, not on each one
+                sync = contextlib.nullcontext() if stepping or dist.world_size() == 1 else self.forward.no_sync()
+                with sync:
+                    with self.autocast():
+                        loss = self.forward(**batch).loss
+                    self.scaler.scale(loss / t.grad_accum_steps).backward()
+                self.samples += len(batch["labels"]) * dist.world_size()
                 # an exponential moving average, kept on the device: reading it each step would sync
                 running = loss.detach() if running is None else 0.9 * running + 0.1 * loss.detach()
-                if (i + 1) % t.grad_accum_steps and i + 1 != self.batches_per_epoch:
+                if not stepping:
                     continue  # accumulate: more micro-batches before the optimizer step
                 self.scaler.unscale_(self.optimizer)  # clip the true gradient, not the scaled one
                 if t.max_grad_norm is not None:
@@ -163,7 +198,7 @@ class Trainer:
                 self.step += 1
                 if self.step % t.log_every == 0:
                     lr = self.scheduler.get_last_lr()[0]
-                    record = {"type": "train", "epoch": epoch, "step": self.step, "loss": running.item(), "lr": lr}
+                    record = {"type": "train", "epoch": epoch, "step": self.step, "loss": dist.mean(running).item(), "lr": lr}
                     self._log(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
                     if not show_bar:
@@ -186,7 +221,9 @@ class Trainer:
         better = self.best is None or (value < self.best["value"] if metric == "loss" else value > self.best["value"])
         if better:
             self.best = {"epoch": epoch, "metric": metric, "value": value}
-            self.save(self.out / "checkpoints" / "best")
+            self.best_dev, self.best_step = metrics, self.step
+            if dist.is_main():
+                self.save(self.out / "checkpoints" / "best")
             log.info("new best %s %.4f at epoch %d: saved checkpoints/best", metric, value, epoch)
 
     @torch.inference_mode()
@@ -199,12 +236,13 @@ class Trainer:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             y = batch.pop("labels", None)
             with self.autocast():
-                logits.append(self.model(**batch).logits.float().cpu())
+                logits.append(self.infer(**batch).logits.float().cpu())
             if y is not None:
                 labels.append(y.cpu())
-        order = torch.cat(indices).argsort()
-        labels = torch.cat(labels)[order] if labels else None
-        return torch.cat(indices)[order], torch.cat(logits)[order], labels
+        parts = dist.gather([torch.cat(x) for x in (indices, logits, labels) if x])  # a rank may have no batch
+        indices, logits, *labels = (torch.cat(column) for column in zip(*[p for p in parts if p]))
+        order = indices.argsort()
+        return indices[order], logits[order], labels[0][order] if labels else None
 
     def evaluate(self, split: str = "dev") -> dict[str, float]:
         _, logits, labels = self._forward_all(split)
@@ -215,6 +253,8 @@ class Trainer:
     def predict(self) -> Path:
         """CLUE's submission format: one {"id": ..., "label": raw label} per test line, in file order."""
         indices, logits, _ = self._forward_all("test")
+        if not dist.is_main():
+            return None
         path = self.out / "predictions" / f"{self.cfg.dataset.task}_predict.json"
         path.parent.mkdir(exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
@@ -239,9 +279,15 @@ class Trainer:
     def finish(self) -> float:
         """Reload the best checkpoint, score dev with it, predict test, write summary.json."""
         best_dir = self.out / "checkpoints" / "best"
-        self.model = BertForPairwiseCLS.from_pretrained(best_dir).to(self.device)
-        dev = self.evaluate("dev")
+        dev = self.best_dev
+        if self.best_step != self.step:  # the model moved on since the best epoch: score the saved best
+            if dist.is_main():
+                self.model.load_state_dict(BertForPairwiseCLS.from_pretrained(best_dir).state_dict())
+            dist.broadcast_module(self.model)
+            dev = self.evaluate("dev")
         predictions = self.predict() if self.test_set is not None else None
+        if not dist.is_main():
+            return self.best["value"]
         summary = {
             "status": "completed",
             "best": self.best,
@@ -257,6 +303,8 @@ class Trainer:
             "predictions": str(predictions.resolve()) if predictions else None,
             "device": str(self.device),
             "precision": self.precision,
+            "world_size": dist.world_size(),
+            "global_batch_size": self.tcfg.batch_size * self.tcfg.grad_accum_steps * dist.world_size(),
         }
         write_json_atomic(self.out / "summary.json", summary)
         log.info("best %s %.4f (epoch %d); dev with best checkpoint: %s", self.best["metric"], self.best["value"],
@@ -265,5 +313,7 @@ class Trainer:
         return self.best["value"]
 
     def _log(self, record: dict) -> None:
+        if self.metrics_file is None:  # not rank 0
+            return
         self.metrics_file.write(json.dumps({"time": time.time(), **record}) + "\n")
         self.metrics_file.flush()

@@ -1,0 +1,52 @@
+"""Batch orders: length-grouped for training, length-sorted for evaluation.
+
+AFQMC pairs are short (about 29 tokens on average, 146 at most), so random batches padded to their
+longest member waste much of the compute on padding; batches of similar lengths waste little.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Sampler
+
+
+class TrainBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of dataset indices, reproducible per (seed, epoch): call set_epoch() each epoch.
+
+    group_by_length: shuffle, cut into mega-batches of `mega_batches` batches, sort each mega-batch by
+    length and cut it into batches, then shuffle the batches. Randomness stays (which pairs meet, batch
+    order), padding nearly goes. This is the Trainer's group_by_length scheme.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool = True,
+                 mega_batches: int = 50, rank: int = 0, world: int = 1):
+        self.lengths, self.batch_size, self.seed = torch.tensor(lengths), batch_size, seed
+        self.group_by_length, self.mega = group_by_length, mega_batches * batch_size
+        self.rank, self.world = rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size) // self.world
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g)
+        batches = list(order.split(self.batch_size))
+        if self.group_by_length:
+            batches = []
+            for mega in order.split(self.mega):
+                mega = mega[self.lengths[mega].argsort(descending=True, stable=True)]
+                batches += mega.split(self.batch_size)
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g)]
+        # Every rank draws the same order and takes every world-th batch; the last len % world batches
+        # (random ones) sit this epoch out so that all ranks run the same number of steps.
+        batches = batches[: len(self) * self.world][self.rank :: self.world]
+        return iter([b.tolist() for b in batches])
+
+
+def sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Evaluation batches, longest first: minimal padding, and an out-of-memory shows up at once."""
+    order = torch.tensor(lengths).argsort(descending=True, stable=True)
+    return [b.tolist() for b in order.split(batch_size)]

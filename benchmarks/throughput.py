@@ -1,0 +1,106 @@
+"""Training throughput: this framework against transformers.Trainer and the classic hand-written loop.
+
+    python benchmarks/throughput.py --model DIR --data DIR [--samples 512] [--batch-size 32] [--device cpu]
+
+Each loop trains the same model class on the same first N train pairs with the same batch size,
+learning rate and seed, in a fresh child process, one after another; each reports training
+samples/s (training steps only: no loading, no evaluation) and its process's peak memory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+LOOPS = {
+    "afqmc": "this framework (length-grouped batches, tokenized once)",
+    "trainer_pad128": "Trainer, run_glue default (pad to max_length)",
+    "trainer_grouped": "Trainer, dynamic padding + group_by_length",
+    "classic": "classic loop (dynamic padding, random batches)",
+}
+
+
+def run_ours(args, out_dir: str) -> dict:
+    from hydra import compose, initialize_config_dir
+
+    import afqmc  # noqa: F401
+    from afqmc.trainer import Trainer
+
+    overrides = [
+        f"dataset.root={args.data}", f"model.checkpoint={args.model}", f"model.pretrained={str(args.pretrained).lower()}",
+        f"model.pooling={args.pooling}", f"dataset.max_train_samples={args.samples}", "dataset.max_eval_samples=64",
+        f"dataset.max_length={args.max_length}", f"trainer.epochs={args.epochs}", f"trainer.batch_size={args.batch_size}",
+        f"trainer.seed={args.seed}", "trainer.predict=false", f"trainer.device={args.device}",
+        f"trainer.precision={'bf16' if args.bf16 else 'fp32'}", f"trainer.compile={str(args.compile).lower()}", f"optimizer.lr={args.lr}",
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    Trainer(cfg, out_dir).fit()
+    train = json.loads((Path(out_dir) / "summary.json").read_text())["train"]
+    return {"samples": train["samples"], "seconds": train["seconds"]}
+
+
+def child(args) -> None:
+    from benchmarks import peers
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.one == "afqmc":
+            result = run_ours(args, tmp)
+        elif args.one == "classic":
+            result = peers.classic_loop(args)
+        else:
+            result = peers.hf_trainer(args, tmp, pad_to_max=args.one == "trainer_pad128")
+    if args.device.startswith("cuda"):
+        import torch
+
+        result["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="model directory (config, tokenizer; weights unless --random)")
+    ap.add_argument("--data", required=True, help="directory with train.json (and dev.json)")
+    ap.add_argument("--samples", type=int, default=512, help="first N train pairs")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast in every loop that has it")
+    ap.add_argument("--compile", action="store_true", help="torch.compile in this framework")
+    ap.add_argument("--random", dest="pretrained", action="store_false", help="random weights from the config (speed only)")
+    ap.add_argument("--pooling", default="cls", choices=["cls", "mean"])
+    ap.add_argument("--loops", default=",".join(LOOPS), help=f"comma-separated subset of {','.join(LOOPS)}")
+    ap.add_argument("--eval", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--one", choices=list(LOOPS), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        return child(args)
+    results = {}
+    for name in args.loops.split(","):
+        cmd = [sys.executable, __file__, "--one", name, *sys.argv[1:]]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        if proc.returncode or not line:
+            print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+            continue
+        results[name] = r = json.loads(line[-1][7:])
+        r["sps"] = r["samples"] / r["seconds"]
+        print(f"{name:16s} {r['sps']:8.1f} samples/s  peak {r['peak_mib']:8.0f} MiB  ({LOOPS[name]})", flush=True)
+    if "afqmc" in results:
+        print("\nafqmc speed-up: " + ", ".join(f"{results['afqmc']['sps'] / r['sps']:.2f}x {name}"
+                                             for name, r in results.items() if name != "afqmc"))
+
+
+if __name__ == "__main__":
+    main()
