@@ -1,9 +1,11 @@
 """Entry point: python run.py [overrides]. See README.md and conf/config.yaml."""
 import logging
+import os
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
 import afqmc  # noqa: F401  (registers the config resolvers)
@@ -17,9 +19,11 @@ log = logging.getLogger("afqmc")
 def main(cfg: DictConfig) -> float:
     """Trains one run; returns its best dev metric so that Hydra sweepers can optimize it."""
     from afqmc.registry import build_trainer  # torch and transformers load only past --help/--cfg
+    from afqmc.schema import check_config
 
     output_dir = HydraConfig.get().runtime.output_dir
     try:
+        check_config(cfg)  # every key's type and range, before any data or model is loaded
         return build_trainer(cfg, output_dir).fit()
     except Exception as e:
         write_failed_summary(output_dir, e)  # so that the sweep report lists this run as failed, and why
@@ -29,5 +33,24 @@ def main(cfg: DictConfig) -> float:
         sys.exit(1)
 
 
+def cli() -> None:
+    """main(), with Hydra's own composition errors (a misspelt key or option) made one line too.
+
+    Hydra prints those as a block of lines; with HYDRA_FULL_ERROR set it raises them instead.
+    A user who sets HYDRA_FULL_ERROR gets Hydra's full error, as Hydra documents.
+    """
+    users_choice = "HYDRA_FULL_ERROR" in os.environ
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        main()
+    except CompactHydraException as e:
+        if users_choice:
+            raise
+        from afqmc.schema import compose_error
+
+        print(f"ConfigError: {compose_error(e)}", file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -9,6 +9,7 @@ import csv
 import hashlib
 import json
 import logging
+import re
 import shutil
 import tempfile
 import urllib.error
@@ -23,6 +24,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from .errors import ConfigError, DataError
 from .registry import COLLATORS, DATASETS
+from .schema import Key
 
 log = logging.getLogger(__name__)
 FORMATS = {"jsonl": None, "csv": ",", "tsv": "\t"}  # format -> delimiter
@@ -110,7 +112,38 @@ def split_path(cfg, split: str) -> Path:
     return Path(cfg.root) / cfg.splits[split]
 
 
-@DATASETS.register("sentence_pairs")
+def _file_name_part(task: str) -> bool:
+    return not any(bad in task for bad in ("/", "\\", "..", "\0"))
+
+
+def _class_indices(label_map: dict) -> bool:
+    """0..N-1, each once, N >= 2: the head's outputs."""
+    values = list(label_map.values())
+    return len(values) >= 2 and all(type(v) is int for v in values) and sorted(values) == list(range(len(values)))
+
+
+DATASET_KEYS = {  # conf/dataset/afqmc.yaml, checked before anything loads (afqmc/schema.py)
+    # task names predictions/<task>_predict.json: a separator or '..' would write outside the run directory
+    "task": Key(str, rule=_file_name_part, says="a name without '/', '\\' or '..' (it names predictions/<task>_predict.json)"),
+    "root": Key(str),
+    "format": Key(str, choices=tuple(FORMATS)),
+    "splits": Key(dict, keys={"train": Key(str), "dev": Key(str), "test": Key(str, null=True)}),
+    "columns": Key(dict, keys={"text_a": Key(str), "text_b": Key(str), "label": Key(str), "id": Key(str, null=True)}),
+    "label_map": Key(dict, rule=_class_indices,
+                     says="a map from raw label to class index, with at least 2 labels and the indices 0..N-1 each once"),
+    # [CLS] a [SEP] b [SEP] takes 3; below that the tokenizer silently stops truncating
+    "max_length": Key(int, min=5),
+    "streaming": Key(bool),
+    "max_train_samples": Key(int, null=True, min=1),
+    "max_eval_samples": Key(int, null=True, min=1),
+    "collate": Key(str),
+    "download": Key(dict, null=True, keys={"url": Key(str), "sha256": Key(
+        dict, null=True, rule=lambda m: all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) for v in m.values()),
+        says="null or a map from file name to its sha256 (64 lower-case hex digits)")}),
+}
+
+
+@DATASETS.register("sentence_pairs", schema=DATASET_KEYS)
 def build_dataset(cfg, split: str) -> Dataset:
     """cfg is the `dataset` group; split is train, dev or test (test needs no labels)."""
     path = split_path(cfg, split)

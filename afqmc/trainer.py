@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import shutil
 import sys
 import time
@@ -25,10 +26,26 @@ from .errors import ConfigError
 from .metrics import classification_metrics
 from .model import BertForPairwiseCLS
 from .registry import COLLATORS, DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS
+from .schema import Key
 
 log = logging.getLogger(__name__)
 METRICS = ("accuracy", "f1_macro", "f1_pos", "precision_pos", "recall_pos", "loss")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TRAINER_KEYS = {  # conf/trainer/default.yaml, checked before anything loads (afqmc/schema.py)
+    "epochs": Key(int, min=1),
+    "max_steps": Key(int, null=True, min=1),
+    "batch_size": Key(int, min=1),
+    "eval_batch_size": Key(int, min=1),
+    "grad_accum_steps": Key(int, min=1),
+    "max_grad_norm": Key(float, null=True, above=0),
+    "precision": Key(str, choices=PRECISIONS),
+    "device": Key(str, rule=lambda d: re.fullmatch(r"auto|cpu|cuda(:\d+)?", d), says="auto, cpu, cuda or cuda:N"),
+    "seed": Key(int, min=0, max=2**32 - 1),  # NumPy's seed range
+    "log_every": Key(int, min=1),
+    "metric": Key(str, choices=METRICS),
+    "num_workers": Key(int, min=0),
+    "predict": Key(bool),
+}
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -38,7 +55,7 @@ def write_json_atomic(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-@TRAINERS.register("default")
+@TRAINERS.register("default", schema=TRAINER_KEYS)
 class Trainer:
     def __init__(self, cfg, output_dir):
         self.cfg, self.tcfg = cfg, cfg.trainer
