@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 from transformers import set_seed
 
-from .data import StreamingPairDataset, ensure_downloaded, read_examples
+from .data import StreamingPairDataset, ensure_downloaded, read_examples, skipped_lines
 from .errors import ConfigError
 from .metrics import classification_metrics
 from .model import BertForPairwiseCLS
@@ -272,6 +272,7 @@ class Trainer:
             "output_dir": str(self.out.resolve()),
             "checkpoint": str(best_dir.resolve()),
             "predictions": str(predictions.resolve()) if predictions else None,
+            "data": {"skipped_lines": skipped_lines(train=self.train_set, dev=self.dev_set, test=self.test_set)},
             "device": str(self.device),
             "precision": self.precision,
         }

@@ -26,7 +26,7 @@ def test_bad_config_is_one_line(tmp_path, override, message):
 def test_cfg_job_still_prints_the_config():
     proc = run_py("--cfg", "job", "trainer.epochs=abc")  # printing checks nothing: it shows what would run
     assert proc.returncode == 0, proc.stderr
-    assert "epochs: abc" in proc.stdout and "trust_remote_code: false" in proc.stdout
+    assert "epochs: abc" in proc.stdout and "on_bad_line: error" in proc.stdout and "trust_remote_code: false" in proc.stdout
 
 
 def test_offline_hub_name_fails_fast(tmp_path):

@@ -34,7 +34,7 @@ def test_every_option_passes(local_bert, group, option):
 
 
 GOOD = ["trainer.max_steps=null", "trainer.max_grad_norm=null", "trainer.device=cuda:1", "optimizer.lr=1",
-        "dataset.splits.test=null", "dataset.download=null", "model.dropout=0.2",
+        "dataset.splits.test=null", "dataset.download=null", "dataset.on_bad_line=skip", "model.dropout=0.2",
         "scheduler.warmup_steps=0", "dataset.task=my-corpus_2.v1", "model.do_lower_case=null"]
 
 
@@ -56,10 +56,12 @@ BAD = [
     ("trainer.metric=auc", r"trainer.metric='auc' is invalid; expected one of 'accuracy', 'f1_macro', .*'loss'$"),
     ("model.pooling=max", r"model.pooling='max' is invalid; expected one of 'cls', 'mean'$"),
     ("dataset.format=xml", r"dataset.format='xml' is invalid; expected one of 'jsonl', 'csv', 'tsv'$"),
+    ("dataset.on_bad_line=ignore", r"dataset.on_bad_line='ignore' is invalid; expected one of 'error', 'skip'$"),
     ("trainer.device=gpu", r"trainer.device='gpu' is invalid; expected auto, cpu, cuda or cuda:N$"),
     ("trainer.predict=yes", r"trainer.predict='yes' is invalid; expected true or false$"),
     ("model.trust_remote_code=1", r"model.trust_remote_code=1 is invalid; expected true or false$"),
     ("dataset.max_length=2", r"dataset.max_length=2 is invalid; expected an integer >= 5$"),
+    ("dataset.max_line_bytes=0", r"dataset.max_line_bytes=0 is invalid; expected an integer >= 1$"),
     ("dataset.splits.train=null", r"dataset.splits.train=null is invalid; expected a non-empty string$"),
     ("dataset.label_map.0=1", r"dataset.label_map={'0': 1, '1': 1} is invalid; expected .*indices 0..N-1 each once"),
     ("dataset.task=../../etc/x", r"dataset.task='../../etc/x' is invalid; expected a name without '/', '\\' or '..'"),
