@@ -48,6 +48,14 @@ TRAINER_KEYS = {  # conf/trainer/default.yaml, checked before anything loads (af
 }
 
 
+def metric_fits_labels(cfg) -> None:
+    """The *_pos metrics (of label 1) exist for two classes only: otherwise a KeyError after the first epoch."""
+    n = len(cfg.dataset.label_map)
+    if cfg.trainer.metric.endswith("_pos") and n != 2:
+        raise ConfigError(f"trainer.metric={cfg.trainer.metric!r} needs 2 labels, dataset.label_map has {n}; "
+                          "allowed: accuracy, f1_macro, loss")
+
+
 def write_json_atomic(path: Path, obj) -> None:
     """Temp file + rename: a reader (or a crash) never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -55,7 +63,7 @@ def write_json_atomic(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-@TRAINERS.register("default", schema=TRAINER_KEYS)
+@TRAINERS.register("default", schema=TRAINER_KEYS, check=metric_fits_labels)
 class Trainer:
     def __init__(self, cfg, output_dir):
         self.cfg, self.tcfg = cfg, cfg.trainer

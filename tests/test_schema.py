@@ -89,6 +89,12 @@ def test_keys_follow_the_chosen_optimizer(local_bert):
         checked(local_bert, "optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=true")
 
 
+def test_label_1_metrics_need_two_labels(local_bert):
+    checked(local_bert, "+dataset.label_map.2=2", "trainer.metric=f1_macro")
+    with pytest.raises(ConfigError, match=r"trainer.metric='f1_pos' needs 2 labels, dataset.label_map has 3; allowed: accuracy, f1_macro, loss"):
+        checked(local_bert, "+dataset.label_map.2=2", "trainer.metric=f1_pos")
+
+
 def test_a_component_without_schema_takes_any_keys(local_bert, monkeypatch):
     """A new optimizer is one decorated function and one YAML; declaring its keys is optional."""
     monkeypatch.setitem(OPTIMIZERS._items, "lion", lambda cfg, model: None)
