@@ -5,6 +5,7 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
 import afqmc  # noqa: F401  (registers the config resolvers)
@@ -18,9 +19,11 @@ log = logging.getLogger("afqmc")
 def main(cfg: DictConfig) -> float:
     """Trains one run; returns its best dev metric so that Hydra sweepers can optimize it."""
     from afqmc.registry import build_trainer  # torch and transformers load only past --help/--cfg
+    from afqmc.schema import check_config
 
     output_dir = HydraConfig.get().runtime.output_dir
     try:
+        check_config(cfg)  # every key's type and range, before any data or model is loaded
         return build_trainer(cfg, output_dir).fit()
     except Exception as e:
         if RANK == "0":
@@ -33,10 +36,30 @@ def main(cfg: DictConfig) -> float:
 
 RANK = os.environ.get("RANK", "0")  # set by torchrun
 
+
+def cli() -> None:
+    """main(), with Hydra's own composition errors (a misspelt key or option) made one line too.
+
+    Hydra prints those as a block of lines; with HYDRA_FULL_ERROR set it raises them instead.
+    A user who sets HYDRA_FULL_ERROR gets Hydra's full error, as Hydra documents.
+    """
+    users_choice = "HYDRA_FULL_ERROR" in os.environ
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        main()
+    except CompactHydraException as e:
+        if users_choice:
+            raise
+        from afqmc.schema import compose_error
+
+        print(f"ConfigError: {compose_error(e)}", file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     if RANK != "0":
         # Hydra would give every torchrun rank a run directory of its own. Ranks other than 0 get none
         # and log only warnings: they write nothing, and the trainer hands them rank 0's directory.
         sys.argv = [a for a in sys.argv if not a.startswith("hydra.run.dir=")] + [
             "hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.job_logging.root.level=WARNING"]
-    main()
+    cli()

@@ -1,8 +1,10 @@
 """BertForPairwiseCLS: a BERT encoder, a pooled pair vector, dropout and a linear head."""
 from __future__ import annotations
 
+import json
 import logging
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -14,9 +16,18 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .errors import ConfigError, ModelLoadError
 from .registry import MODELS
+from .schema import Key
 
 log = logging.getLogger(__name__)
 POOLINGS = ("cls", "mean")
+MODEL_KEYS = {  # conf/model/bert_cls.yaml, checked before anything loads (afqmc/schema.py)
+    "checkpoint": Key(str),
+    "pretrained": Key(bool),
+    "pooling": Key(str, choices=POOLINGS),
+    "dropout": Key(float, null=True, min=0, below=1),
+    "do_lower_case": Key(bool, null=True),
+    "trust_remote_code": Key(bool),
+}
 
 
 class BertForPairwiseCLS(BertPreTrainedModel):
@@ -65,7 +76,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _resolve(checkpoint: str) -> dict:
+def _resolve(checkpoint: str, trust_remote_code: bool = False) -> dict:
     """from_pretrained kwargs for a checkpoint: a local directory, a cached hub name, or a reachable hub.
 
     Without this, an offline hub name spends ~25 s in download retries before a generic error.
@@ -73,10 +84,11 @@ def _resolve(checkpoint: str) -> dict:
     if Path(checkpoint).is_dir():
         return {}
     try:
-        AutoConfig.from_pretrained(checkpoint, local_files_only=True)
+        AutoConfig.from_pretrained(checkpoint, local_files_only=True, trust_remote_code=trust_remote_code)
         return {"local_files_only": True}  # in the Hugging Face cache: no network needed
-    except (OSError, ValueError):
-        pass
+    except (OSError, ValueError) as e:
+        if "trust_remote_code" in str(e):  # cached, but refused: say why, not "offline"
+            raise _custom_code_refused(checkpoint) from None
     if not _hub_reachable():
         raise ModelLoadError(
             f"model.checkpoint={checkpoint!r} is not a local directory, is not in the Hugging Face cache, and the "
@@ -86,17 +98,64 @@ def _resolve(checkpoint: str) -> dict:
     return {}
 
 
-def load_tokenizer(checkpoint: str, do_lower_case: bool | None = None, **kwargs):
+def _custom_code_refused(checkpoint: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"model.checkpoint={checkpoint!r} needs its own Python code to load, which runs only with "
+        "model.trust_remote_code=true: set it only for a checkpoint whose code you trust"
+    )
+
+
+@contextmanager
+def _loading(checkpoint: str):
+    """Loading errors (a missing file, a malformed name, refused custom code) as one ModelLoadError naming model.checkpoint."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        if "trust_remote_code" in str(e):
+            raise _custom_code_refused(checkpoint) from None
+        raise ModelLoadError(f"model.checkpoint={checkpoint!r} could not be loaded: {e}") from None
+
+
+def max_positions(cfg) -> int | None:
+    """max_position_embeddings of model.checkpoint, before any weights load: from a local directory's
+    config.json, else from the hub config (cached, or fetched alone). None when the config has none."""
+    if Path(cfg.checkpoint).is_dir():
+        path = Path(cfg.checkpoint) / "config.json"
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"model.checkpoint={cfg.checkpoint!r}: cannot read {path} ({e})") from None
+        limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    else:
+        where = _resolve(cfg.checkpoint, cfg.trust_remote_code)
+        with _loading(cfg.checkpoint):
+            config = AutoConfig.from_pretrained(cfg.checkpoint, trust_remote_code=cfg.trust_remote_code, **where)
+        limit = getattr(config, "max_position_embeddings", None)
+    return limit if isinstance(limit, int) else None
+
+
+def max_length_fits(cfg) -> None:
+    """A token past max_position_embeddings has no position embedding: an index error (on CUDA a
+    device-side assert) in the first batch that long, after the whole setup."""
+    limit = max_positions(cfg.model)
+    if limit is not None and cfg.dataset.max_length > limit:
+        raise ConfigError(f"dataset.max_length={cfg.dataset.max_length} is invalid; expected an integer <= {limit}, "
+                          f"the max_position_embeddings of model.checkpoint={cfg.model.checkpoint!r}")
+
+
+def load_tokenizer(checkpoint: str, do_lower_case: bool | None = None, trust_remote_code: bool = False, **kwargs):
     if do_lower_case is not None:
         kwargs["do_lower_case"] = do_lower_case  # tokenizers without the option ignore it
-    return AutoTokenizer.from_pretrained(checkpoint, **kwargs)
+    # An explicit False: None would prompt "run the custom code? [y/N]" on a terminal.
+    return AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code, **kwargs)
 
 
-@MODELS.register("bert_pair_cls")
+@MODELS.register("bert_pair_cls", schema=MODEL_KEYS, check=max_length_fits)
 def build_model(cfg, label_names: list[str]):
     """(model, tokenizer) from the `model` group; label_names[i] is the raw label of class i."""
-    where = _resolve(cfg.checkpoint)
-    try:
+    trust = cfg.trust_remote_code
+    where = {**_resolve(cfg.checkpoint, trust), "trust_remote_code": trust}
+    with _loading(cfg.checkpoint):
         config = AutoConfig.from_pretrained(
             cfg.checkpoint,
             num_labels=len(label_names),
@@ -113,8 +172,6 @@ def build_model(cfg, label_names: list[str]):
         else:
             model = BertForPairwiseCLS(config)
         tokenizer = load_tokenizer(cfg.checkpoint, cfg.do_lower_case, **where)
-    except OSError as e:
-        raise ModelLoadError(f"model.checkpoint={cfg.checkpoint!r} could not be loaded: {e}") from None
     log.info("model: %s (%s, %.1fM parameters, %s pooling)", cfg.checkpoint,
              "pretrained" if cfg.pretrained else "random init", sum(p.numel() for p in model.parameters()) / 1e6, cfg.pooling)
     return model, tokenizer

@@ -6,6 +6,15 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 
 from .errors import ConfigError
 from .registry import OPTIMIZERS, SCHEDULERS
+from .schema import Key
+
+# The keys of each YAML (afqmc/schema.py), checked before anything loads.
+DECAYED = {"lr": Key(float, above=0), "weight_decay": Key(float, min=0)}
+ADAMW_KEYS = {**DECAYED, "eps": Key(float, above=0), "betas": Key(
+    list, rule=lambda b: len(b) == 2 and all(Key(float, min=0, below=1).accepts(x) for x in b),
+    says="two numbers >= 0 and < 1, e.g. [0.9, 0.999]")}
+SGD_KEYS = {**DECAYED, "momentum": Key(float, min=0, below=1), "nesterov": Key(bool)}
+WARMUP_KEYS = {"warmup_ratio": Key(float, min=0, max=1), "warmup_steps": Key(int, null=True, min=0)}
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -17,7 +26,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-@OPTIMIZERS.register("adamw")
+@OPTIMIZERS.register("adamw", schema=ADAMW_KEYS)
 def build_adamw(cfg, model):
     # fused=True runs the whole update as one CUDA kernel per parameter group instead of one per tensor.
     fused = next(model.parameters()).is_cuda
@@ -26,7 +35,13 @@ def build_adamw(cfg, model):
     )
 
 
-@OPTIMIZERS.register("sgd")
+def nesterov_needs_momentum(cfg) -> None:
+    """Checked with the schema: torch would only say so (a bare ValueError) once the model is loaded."""
+    if cfg.optimizer.nesterov and not cfg.optimizer.momentum:
+        raise ConfigError(f"optimizer.nesterov=true needs optimizer.momentum > 0; got optimizer.momentum={cfg.optimizer.momentum}")
+
+
+@OPTIMIZERS.register("sgd", schema=SGD_KEYS, check=nesterov_needs_momentum)
 def build_sgd(cfg, model):
     return torch.optim.SGD(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov
@@ -41,16 +56,16 @@ def warmup_steps(cfg, total_steps: int) -> int:
     return int(cfg.warmup_ratio * total_steps)
 
 
-@SCHEDULERS.register("linear")
+@SCHEDULERS.register("linear", schema=WARMUP_KEYS)
 def build_linear(cfg, optimizer, total_steps: int):
     return get_linear_schedule_with_warmup(optimizer, warmup_steps(cfg, total_steps), total_steps)
 
 
-@SCHEDULERS.register("cosine")
+@SCHEDULERS.register("cosine", schema=WARMUP_KEYS)
 def build_cosine(cfg, optimizer, total_steps: int):
     return get_cosine_schedule_with_warmup(optimizer, warmup_steps(cfg, total_steps), total_steps)
 
 
-@SCHEDULERS.register("constant")
+@SCHEDULERS.register("constant", schema=WARMUP_KEYS)
 def build_constant(cfg, optimizer, total_steps: int):
     return get_constant_schedule_with_warmup(optimizer, warmup_steps(cfg, total_steps))

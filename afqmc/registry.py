@@ -4,6 +4,11 @@ Adding a component is one decorated function or class plus one YAML file:
 
     @OPTIMIZERS.register("lion")
     def build_lion(cfg, model): ...
+
+A component may also declare its YAML's keys, `register("lion", schema={"lr": Key(float, above=0), ...})`
+(afqmc/schema.py); run.py then rejects a missing, unknown or out-of-range key before anything loads.
+Without a schema, only the name is checked and the other keys pass through as they are.
+`check=fn` adds a test of the whole config that one group's keys cannot express, fn(cfg) raising ConfigError.
 """
 from __future__ import annotations
 
@@ -17,12 +22,18 @@ class Registry:
     def __init__(self, key: str):
         self.key = key  # the config key that holds a component's name
         self._items: dict[str, Callable[..., Any]] = {}
+        self._schemas: dict[str, dict] = {}
+        self._checks: dict[str, Callable[[Any], None]] = {}
 
-    def register(self, name: str):
+    def register(self, name: str, schema: dict | None = None, check: Callable[[Any], None] | None = None):
         def add(fn):
             if name in self._items:
                 raise ValueError(f"{self.key}={name!r} is registered twice")
             self._items[name] = fn
+            if schema is not None:
+                self._schemas[name] = schema
+            if check is not None:
+                self._checks[name] = check
             return fn
 
         return add
@@ -34,6 +45,16 @@ class Registry:
                 f"{self.key}={name!r} is not registered; registered: {', '.join(sorted(self._items))}"
             )
         return self._items[name]
+
+    def schema(self, name: str) -> dict | None:
+        """The keys the component named `name` declared (besides `name`), or None: anything goes."""
+        self.get(name)
+        return self._schemas.get(name)
+
+    def check(self, name: str) -> Callable[[Any], None] | None:
+        """The component's test of the whole config, or None."""
+        self.get(name)
+        return self._checks.get(name)
 
     def names(self) -> list[str]:
         _import_components()

@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import shutil
 import sys
 import time
@@ -22,16 +23,42 @@ from tqdm import tqdm
 from transformers import set_seed
 
 from . import distributed as dist
-from .data import StreamingPairDataset, ensure_downloaded, read_examples
+from .data import StreamingPairDataset, ensure_downloaded, read_examples, skipped_lines
 from .errors import ConfigError
 from .metrics import classification_metrics
 from .model import BertForPairwiseCLS
 from .registry import COLLATORS, DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS
 from .sampling import TrainBatchSampler, sorted_batches
+from .schema import Key
 
 log = logging.getLogger(__name__)
 METRICS = ("accuracy", "f1_macro", "f1_pos", "precision_pos", "recall_pos", "loss")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TRAINER_KEYS = {  # conf/trainer/default.yaml, checked before anything loads (afqmc/schema.py)
+    "epochs": Key(int, min=1),
+    "max_steps": Key(int, null=True, min=1),
+    "batch_size": Key(int, min=1),
+    "eval_batch_size": Key(int, min=1),
+    "grad_accum_steps": Key(int, min=1),
+    "max_grad_norm": Key(float, null=True, above=0),
+    "precision": Key(str, choices=PRECISIONS),
+    "device": Key(str, rule=lambda d: re.fullmatch(r"auto|cpu|cuda(:\d+)?", d), says="auto, cpu, cuda or cuda:N"),
+    "seed": Key(int, min=0, max=2**32 - 1),  # NumPy's seed range
+    "log_every": Key(int, min=1),
+    "metric": Key(str, choices=METRICS),
+    "num_workers": Key(int, min=0),
+    "predict": Key(bool),
+    "group_by_length": Key(bool),
+    "compile": Key(bool),
+}
+
+
+def metric_fits_labels(cfg) -> None:
+    """The *_pos metrics (of label 1) exist for two classes only: otherwise a KeyError after the first epoch."""
+    n = len(cfg.dataset.label_map)
+    if cfg.trainer.metric.endswith("_pos") and n != 2:
+        raise ConfigError(f"trainer.metric={cfg.trainer.metric!r} needs 2 labels, dataset.label_map has {n}; "
+                          "allowed: accuracy, f1_macro, loss")
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -41,7 +68,7 @@ def write_json_atomic(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-@TRAINERS.register("default")
+@TRAINERS.register("default", schema=TRAINER_KEYS, check=metric_fits_labels)
 class Trainer:
     def __init__(self, cfg, output_dir):
         self.cfg, self.tcfg = cfg, cfg.trainer
@@ -301,6 +328,7 @@ class Trainer:
             "output_dir": str(self.out.resolve()),
             "checkpoint": str(best_dir.resolve()),
             "predictions": str(predictions.resolve()) if predictions else None,
+            "data": {"skipped_lines": skipped_lines(train=self.train_set, dev=self.dev_set, test=self.test_set)},
             "device": str(self.device),
             "precision": self.precision,
             "world_size": dist.world_size(),

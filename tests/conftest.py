@@ -24,9 +24,10 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
-def run_py(*args, cwd=ROOT, timeout=300):
+def run_py(*args, cwd=ROOT, timeout=300, env=None):
     """python run.py ARGS in a subprocess, as a user would run it."""
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
 
 
 @pytest.fixture

@@ -1,10 +1,15 @@
 """Readers, datasets, errors with file and line, collate, download with checksums."""
+import codecs
 import hashlib
+import json
+import tracemalloc
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from afqmc.data import PairCollator, StreamingPairDataset, build_dataset, ensure_downloaded, read_examples
@@ -64,6 +69,9 @@ BAD_LINES = [
     ('{"sentence1": "a", "sentence2": "b", "label": "2"}', r"train.json:2: label '2' is not in dataset.label_map \(allowed: 0, 1\)"),
     ('{"sentence1": " ", "sentence2": "b", "label": "0"}', r"train.json:2: field 'sentence1' must be a non-empty string"),
     ('{"sentence1": 5, "sentence2": "b", "label": "0"}', r"train.json:2: field 'sentence1' must be a non-empty string, got 5"),
+    ('{"sentence1": "\\ud800", "sentence2": "b", "label": "0"}', r"train.json:2: field 'sentence1' has an unpaired surrogate"),
+    ('{"sentence1": "a", "sentence2": "b", "label": ' + "1" * 5000 + "}", r"train.json:2: invalid JSON \(Exceeds the limit"),
+    ("[" * 100_000, r"train.json:2: invalid JSON \(maximum recursion depth"),
 ]
 
 
@@ -75,12 +83,95 @@ def test_bad_line_names_file_and_line(tmp_path, bad, message):
         build_dataset(afqmc_cfg(tmp_path), "train")
 
 
+def test_bad_utf8_names_file_line_and_byte(tmp_path):
+    good = b'{"sentence1": "a", "sentence2": "b", "label": "1"}\n'
+    (tmp_path / "train.json").write_bytes(good + '{"sentence1": "借呗"'.encode("gbk") + b"}\n")
+    with pytest.raises(DataError, match=r"train.json:2: not UTF-8 \(byte 0xbd at byte 16 of the line\)"):
+        build_dataset(afqmc_cfg(tmp_path), "train")
+
+
+def test_huge_line_is_rejected_without_being_held(tmp_path):
+    """An 8 MB line is measured in pieces: the reader never holds it whole, let alone twice."""
+    good = '{"sentence1": "a", "sentence2": "b", "label": "1"}\n'
+    huge = '{"sentence1": "' + "x" * (8 << 20) + '", "sentence2": "b", "label": "1"}\n'
+    (tmp_path / "train.json").write_text(good + huge + good, encoding="utf-8")
+    tracemalloc.start()
+    with pytest.raises(DataError, match=rf"train.json:2: line of {len(huge):,} bytes, above dataset.max_line_bytes=1,048,576$"):
+        build_dataset(afqmc_cfg(tmp_path), "train")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 << 20, peak  # the first 1 MB piece, and readline's own copy of it
+    cfg = afqmc_cfg(tmp_path, "dataset.max_line_bytes=16777216")
+    assert len(build_dataset(cfg, "train")) == 3
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_bom_and_crlf_are_accepted(tmp_path, fmt):
+    if fmt == "jsonl":
+        lines = ['{"sentence1": "你好", "sentence2": "您好", "label": "1"}', '{"sentence1": "天气", "sentence2": "股票", "label": "0"}']
+    else:
+        lines = ["sentence1,sentence2,label", "你好,您好,1", "天气,股票,0"]
+    (tmp_path / "train.json").write_bytes(codecs.BOM_UTF8 + "\r\n".join(lines).encode() + b"\r\n")
+    ds = build_dataset(afqmc_cfg(tmp_path, f"dataset.format={fmt}"), "train")
+    assert [(e["text_a"], e["text_b"], e["label"]) for e in ds.examples] == [("你好", "您好", 1), ("天气", "股票", 0)]
+
+
+def test_csv_header_and_row_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text("sentence1,label\n你好,1\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.json:1: the header has no column 'sentence2' \(columns: sentence1, label\)"):
+        build_dataset(afqmc_cfg(tmp_path, "dataset.format=csv"), "train")
+    path.write_text("sentence1,sentence2,label\n你好,您好,1\n天气\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.json:3: missing field 'sentence2'"):
+        build_dataset(afqmc_cfg(tmp_path, "dataset.format=csv"), "train")
+
+
+GOOD_LINE = '{"sentence1": "a", "sentence2": "b", "label": "1"}'
+MIXED = [GOOD_LINE, "{broken", GOOD_LINE, '{"sentence1": "a", "sentence2": "b", "label": "7"}', "", GOOD_LINE]
+
+
+def test_skip_counts_and_logs_bad_lines(tmp_path, caplog):
+    (tmp_path / "train.json").write_text("\n".join(MIXED) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.json:2: invalid JSON"):
+        build_dataset(afqmc_cfg(tmp_path), "train")  # on_bad_line=error by default
+    ds = build_dataset(afqmc_cfg(tmp_path, "dataset.on_bad_line=skip"), "train")
+    assert len(ds) == 3 and ds.skipped_lines == 2
+    skipped = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(m.startswith("skipped ") and "train.json:2: invalid JSON" in m for m in skipped), skipped
+    assert any("train.json:4: label '7' is not in dataset.label_map" in m for m in skipped), skipped
+    assert any("train.json: skipped 2 bad lines" in m for m in skipped), skipped
+    stream = build_dataset(afqmc_cfg(tmp_path, "dataset.on_bad_line=skip", "dataset.streaming=true"), "train")
+    assert stream.skipped_lines == 2 and [e["index"] for e in stream] == [0, 1, 2]
+
+
+def test_summary_counts_skipped_lines_per_split(tmp_path, pairs_dir, tiny_bert_dir):
+    from afqmc.trainer import Trainer
+
+    with open(pairs_dir / "train.json", "a", encoding="utf-8") as f:
+        f.write("{broken\n" + '{"sentence1": "a", "sentence2": "b", "label": "7"}\n')
+    with open(pairs_dir / "test.json", "a", encoding="utf-8") as f:
+        f.write('{"sentence1": "a"}\n')
+    cfg = compose_cfg([f"dataset.root={pairs_dir}", f"model.checkpoint={tiny_bert_dir}", "dataset.on_bad_line=skip",
+                       "trainer.epochs=1", "trainer.max_steps=1"])
+    Trainer(cfg, tmp_path).fit()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["data"] == {"skipped_lines": {"train": 2, "dev": 0, "test": 1}}
+
+
+def test_skip_with_only_bad_lines_is_an_error(tmp_path):
+    (tmp_path / "train.json").write_text("{broken\n[1]\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.json: no examples \(all 2 lines with data are bad, skipped by dataset.on_bad_line=skip\)"):
+        build_dataset(afqmc_cfg(tmp_path, "dataset.on_bad_line=skip"), "train")
+
+
 def test_missing_split_and_empty_file(tmp_path):
     with pytest.raises(DataError, match=r"train.json: split file 'train' not found"):
         build_dataset(afqmc_cfg(tmp_path), "train")
     (tmp_path / "train.json").write_text("")
     with pytest.raises(DataError, match=r"train.json: no examples \(the file is empty\)"):
         build_dataset(afqmc_cfg(tmp_path), "train")
+    with pytest.raises(DataError, match=r"train.json: no examples \(the file is empty\)"):  # streaming too
+        build_dataset(afqmc_cfg(tmp_path, "dataset.streaming=true"), "train")
 
 
 def test_collate_pads_truncates_and_marks_segments(tiny_bert_dir):
@@ -129,3 +220,56 @@ def test_download_offline_says_where_to_put_files(tmp_path):
     cfg = afqmc_cfg(tmp_path / "nowhere", "dataset.download.url=http://127.0.0.1:9/afqmc_public.zip")
     with pytest.raises(DataError, match=r"could not download .*Put train.json, dev.json, test.json in .*nowhere or pass dataset.root=DIR"):
         ensure_downloaded(cfg)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                    max_leaves=6)
+VALUES = JSON | st.sampled_from(["0", "1", 0, 1, " ", "借呗怎么还款"])
+RECORDS = st.fixed_dictionaries({}, optional={k: VALUES for k in ("sentence1", "sentence2", "label", "id")}).flatmap(
+    lambda r: st.dictionaries(st.text(max_size=5), VALUES, max_size=2).map(lambda extra: {**extra, **r}))
+RECORD_LINES = RECORDS.map(lambda r: json.dumps(r, ensure_ascii=False).encode())  # objects with and without the fields
+LINES = st.one_of(
+    st.text(max_size=80).map(str.encode),  # random text
+    st.binary(max_size=80),  # random bytes: not UTF-8, stray CR, NUL
+    JSON.map(lambda v: json.dumps(v).encode()),  # any JSON value, objects or not
+    RECORD_LINES,
+)
+CELLS = st.lists(st.text(max_size=8) | st.sampled_from(['"', '"a,b"', 'x"y', "a\rb", "0", "1", "", "借呗"]), max_size=5)
+SEPARATORS = {"jsonl": None, "csv": ",", "tsv": "\t"}
+
+
+@st.composite
+def split_files(draw):
+    """(format, lines): JSON lines, or CSV/TSV with the real header (or not) and cells of any kind."""
+    fmt = draw(st.sampled_from(list(SEPARATORS)))
+    if fmt == "jsonl":
+        return fmt, draw(st.lists(RECORD_LINES | LINES, min_size=1, max_size=6))
+    sep = SEPARATORS[fmt].encode()
+    row = CELLS.map(lambda cells: sep.join(c.encode() for c in cells)) | LINES
+    header = st.just(sep.join([b"sentence1", b"sentence2", b"label", b"id"])) | row
+    return fmt, [draw(header), *draw(st.lists(row, max_size=5))]
+
+
+def reader_cfg(fmt, on_bad_line):
+    return OmegaConf.create({"format": fmt, "label_map": {"0": 0, "1": 1}, "on_bad_line": on_bad_line,
+                             "max_line_bytes": 64,  # low enough that some random lines are too long
+                             "columns": {"text_a": "sentence1", "text_b": "sentence2", "label": "label", "id": "id"}})
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(file=split_files(), labeled=st.booleans(), on_bad_line=st.sampled_from(["error", "skip"]))
+def test_reader_parses_or_raises_data_error(tmp_path, file, labeled, on_bad_line):
+    """Whatever the lines hold, the reader yields valid examples or raises DataError naming the file."""
+    fmt, lines = file
+    path = tmp_path / "split.txt"
+    path.write_bytes(b"\n".join(lines))
+    try:
+        examples = list(read_examples(path, reader_cfg(fmt, on_bad_line), labeled))
+    except DataError as e:
+        assert str(e).startswith(f"{path}:"), e
+        assert on_bad_line == "error" or fmt != "jsonl"  # skip only stops on a CSV/TSV header problem
+        return
+    for e in examples:
+        assert isinstance(e["text_a"], str) and e["text_a"].strip() and isinstance(e["text_b"], str) and e["text_b"].strip()
+        assert e["label"] in ((0, 1) if labeled else (None,))

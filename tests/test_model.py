@@ -15,7 +15,7 @@ BATCH = {
 
 def model_cfg(checkpoint, **kw):
     return OmegaConf.create({"name": "bert_pair_cls", "checkpoint": str(checkpoint), "pretrained": True,
-                             "pooling": "cls", "dropout": None, "do_lower_case": True, **kw})
+                             "pooling": "cls", "dropout": None, "do_lower_case": True, "trust_remote_code": False, **kw})
 
 
 def test_head_follows_config_and_round_trips(tiny_bert_dir, tmp_path):

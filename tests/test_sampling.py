@@ -3,7 +3,8 @@ import random
 
 from afqmc.sampling import TrainBatchSampler, sorted_batches
 
-LENGTHS = [random.Random(0).randint(5, 60) for _ in range(1000)]
+_rng = random.Random(0)
+LENGTHS = [_rng.randint(5, 60) for _ in range(1000)]
 
 
 def padding(batches, lengths=LENGTHS):
@@ -35,3 +36,11 @@ def test_eval_batches_sorted_longest_first():
     assert sorted(i for b in batches for i in b) == list(range(1000))
     flat = [LENGTHS[i] for b in batches for i in b]
     assert flat == sorted(LENGTHS, reverse=True)
+
+
+def test_ranks_split_the_batches_evenly():
+    """Under torchrun each rank takes every world-th batch of the same order: no pair on two ranks."""
+    ranks = [list(TrainBatchSampler(LENGTHS, 32, seed=1, rank=r, world=3)) for r in range(3)]
+    assert [len(b) for b in ranks] == [10, 10, 10]  # 32 batches: the last 2 sit the epoch out
+    seen = [i for batches in ranks for b in batches for i in b]
+    assert len(seen) == len(set(seen))

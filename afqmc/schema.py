@@ -1,0 +1,153 @@
+"""The config schema, checked by run.py before any data or model is loaded.
+
+Each registered component declares the keys of its YAML next to its code,
+`@OPTIMIZERS.register("adamw", schema={"lr": Key(float, above=0), ...})`, so the keys of `optimizer`
+are those of the optimizer actually chosen, and a new component is still one function and one YAML.
+Every error is one line naming the key, the bad value and what is allowed.
+
+Why not Hydra structured configs: OmegaConf cannot express ranges (lr > 0, warmup_ratio <= 1), its
+errors surface inside Hydra's composition as multi-line blocks, and a dataclass per optimizer would
+repeat each YAML's keys in a second place anyway.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+from .registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS, check_names
+
+GROUPS = {registry.key.split(".")[0]: registry for registry in (DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS)}
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty string",
+              list: "a list", dict: "a map"}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: its type, whether null is allowed, and which values are."""
+
+    type: type  # bool, int, float (an integer is accepted too), str, list or dict
+    null: bool = False  # null is allowed (the YAML comment says what it means)
+    choices: tuple = ()  # the allowed values, when there are a few
+    min: float | None = None  # inclusive bounds
+    max: float | None = None
+    above: float | None = None  # exclusive bounds: a learning rate must be > 0, a momentum < 1
+    below: float | None = None
+    keys: dict[str, Key] | None = None  # a nested map with fixed keys: its own schema
+    rule: Callable[[Any], bool] | None = None  # what the type and bounds cannot say ...
+    says: str = ""  # ... and how to say it to the user
+
+    def describe(self) -> str:
+        if self.choices:
+            text = "one of " + ", ".join(map(_show, self.choices))
+        elif self.says:
+            text = self.says
+        elif self.keys is not None:
+            text = f"a map with keys {', '.join(self.keys)}"
+        else:
+            bounds = [f"{op} {_num(v)}" for op, v in ((">=", self.min), (">", self.above), ("<=", self.max),
+                                                      ("<", self.below)) if v is not None]
+            text = " ".join([TYPE_NAMES[self.type], " and ".join(bounds)]).strip()
+        return f"null or {text}" if self.null else text
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.null
+        if isinstance(value, bool) and self.type is not bool:  # YAML's true is no number
+            return False
+        if self.type is float:
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                return False
+        elif not isinstance(value, self.type) or value == "":
+            return False
+        if self.choices and value not in self.choices:
+            return False
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not (
+            (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+            and (self.above is None or value > self.above) and (self.below is None or value < self.below)
+        ):
+            return False
+        return self.rule is None or bool(self.rule(value))
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def _show(value: Any) -> str:
+    """A value as it would be written on the command line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value)
+
+
+def unknown_key(shown: str, key: str, known, path: str = "") -> str:
+    """`optimizer.lrr=1e-05: unknown key; keys of optimizer: ... (did you mean optimizer.lr?)`"""
+    known = sorted(map(str, known))
+    close = difflib.get_close_matches(str(key), known, n=1)
+    prefix = f"{path}." if path else ""
+    hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+    return f"{shown}: unknown key; {f'keys of {path}' if path else 'config groups'}: {', '.join(known)}{hint}"
+
+
+def check_map(node: dict, schema: dict[str, Key], path: str) -> None:
+    """Every key of `node` known, every key of `schema` present and accepted; nested maps recursively."""
+    for key, value in node.items():
+        if key not in schema:
+            raise ConfigError(unknown_key(f"{path}.{key}={_show(value)}", key, schema, path))
+    for key, spec in schema.items():
+        if key not in node:
+            raise ConfigError(f"{path}.{key} is missing; expected {spec.describe()}")
+        value = node[key]
+        if not spec.accepts(value):
+            raise ConfigError(f"{path}.{key}={_show(value)} is invalid; expected {spec.describe()}")
+        if spec.keys is not None and value is not None:
+            check_map(value, spec.keys, f"{path}.{key}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The composed config against the schemas of the components it names, then each component's own
+    whole-config check (e.g. dataset.max_length against the checkpoint's positions)."""
+    check_names(cfg)
+    for group in cfg:
+        if group not in GROUPS:
+            raise ConfigError(unknown_key(group, group, GROUPS))
+    for group, registry in GROUPS.items():
+        name = cfg[group].name
+        schema = registry.schema(name)
+        if schema is not None:
+            check_map(_plain(cfg, group), {"name": Key(str), **schema}, group)
+    for group, registry in GROUPS.items():
+        whole_config_check = registry.check(cfg[group].name)
+        if whole_config_check is not None:
+            whole_config_check(cfg)
+
+
+def _plain(cfg: DictConfig, group: str) -> dict:
+    """A group as plain Python values, interpolations resolved."""
+    try:
+        return OmegaConf.to_container(cfg[group], resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{e.full_key or group}: {str(e).splitlines()[0]}") from None
+
+
+def compose_error(e: Exception) -> str:
+    """Hydra's own composition errors (a misspelt key or option, a bad override) as one line."""
+    cause, text = e.__cause__, str(e)
+    parent = getattr(cause, "parent_node", None)
+    if isinstance(parent, DictConfig) and "not in struct" in str(cause):  # key=value on a key that is not there
+        path = cause.full_key.rpartition(".")[0]
+        override = re.search(r"use \+(\S+)", text)  # the override as typed, value included
+        return unknown_key(override.group(1) if override else cause.full_key, cause.key, parent.keys(), path)
+    text = text.split("\nConfig search path:")[0]  # the search path is noise to a user
+    text = re.sub(r":\n\t", ": ", text)  # "Available options in 'optimizer':\n\tadamw\n\tsgd"
+    text = re.sub(r"\n\t", ", ", text)
+    return re.sub(r"\s*\n+\s*", ". ", text.strip())
