@@ -61,6 +61,12 @@ def load_run(path: Path) -> Run:
     return Run(path, overrides, "failed" if error else "completed", error, summary, _dev_curve(path))
 
 
+def completed_summary(run_dir) -> dict | None:
+    """The summary of a run that completed; None for one that failed, was killed or never ran."""
+    summary, error = _read_summary(Path(run_dir))
+    return None if error else summary
+
+
 def _read_summary(path: Path) -> tuple[dict, str]:
     """(summary, error); the error is empty for a completed run."""
     file = path / SUMMARY

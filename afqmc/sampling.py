@@ -11,6 +11,7 @@ from torch.utils.data import Sampler
 
 class TrainBatchSampler(Sampler[list[int]]):
     """Shuffled batches of dataset indices, reproducible per (seed, epoch): call set_epoch() each epoch.
+    set_epoch(epoch, start=k) leaves out the epoch's first k batches (a run resumed mid-epoch).
 
     group_by_length: shuffle, cut into mega-batches of `mega_batches` batches, sort each mega-batch by
     length and cut it into batches, then shuffle the batches. Randomness stays (which pairs meet, batch
@@ -22,12 +23,12 @@ class TrainBatchSampler(Sampler[list[int]]):
         self.lengths, self.batch_size, self.seed = torch.tensor(lengths), batch_size, seed
         self.group_by_length, self.mega = group_by_length, mega_batches * batch_size
         self.rank, self.world = rank, world
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
 
-    def __len__(self) -> int:
+    def __len__(self) -> int:  # the whole epoch's batches, whatever `start`: the LR schedule counts them all
         return -(-len(self.lengths) // self.batch_size) // self.world
 
     def __iter__(self):
@@ -43,7 +44,7 @@ class TrainBatchSampler(Sampler[list[int]]):
         # Every rank draws the same order and takes every world-th batch; the last len % world batches
         # (random ones) sit this epoch out so that all ranks run the same number of steps.
         batches = batches[: len(self) * self.world][self.rank :: self.world]
-        return iter([b.tolist() for b in batches])
+        return iter([b.tolist() for b in batches[self.start :]])
 
 
 def sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

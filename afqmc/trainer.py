@@ -1,7 +1,8 @@
 """The training recipe: setup() builds everything from the config, fit() trains, evaluates and predicts.
 
 Everything a run produces lands in its output directory:
-metrics.jsonl, summary.json, checkpoints/best/, predictions/<task>_predict.json (run.log is Hydra's).
+metrics.jsonl, summary.json, checkpoints/best/, checkpoints/last/ (to resume from),
+predictions/<task>_predict.json (run.log is Hydra's).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from .errors import ConfigError
 from .metrics import classification_metrics
 from .model import BertForPairwiseCLS
 from .registry import COLLATORS, DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS
+from .resume import LAST, STATE, config_changes, config_snapshot, find_last, rng_state, set_rng_state
+from .runs import completed_summary
 from .sampling import TrainBatchSampler, sorted_batches
 from .schema import Key
 
@@ -51,6 +54,8 @@ TRAINER_KEYS = {  # conf/trainer/default.yaml, checked before anything loads (af
     "group_by_length": Key(bool),
     "compile": Key(bool),
     "cpu_threads": Key(int, null=True, min=1),
+    "save_every_steps": Key(int, null=True, min=1),
+    "resume": Key(bool),
 }
 
 
@@ -77,17 +82,26 @@ class Trainer:
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
+        self._setup_run()
+        self._setup_training()
+
+    def _setup_run(self) -> None:
         set_seed(self.tcfg.seed)
         self.device = self._setup_device()
         # Under torchrun every rank works for rank 0's run directory; only rank 0 writes there.
         self.out = Path(dist.broadcast(str(self.out)))
+
+    def _setup_training(self) -> None:
+        self._setup_model()
+        self._setup_data()
+        self._setup_optimizer()
+        self.resumed = self._load_last() if self.tcfg.resume else None
         self.metrics_file = None
         if dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
             self.metrics_file = open(self.out / "metrics.jsonl", "a", encoding="utf-8")
-        self._setup_model()
-        self._setup_data()
-        self._setup_optimizer()
+            if self.tcfg.resume:  # records past the checkpoint are replayed: drop them, or they would be there twice
+                self.metrics_file.truncate(self.resumed["metrics_offset"] if self.resumed else 0)
 
     def _setup_device(self) -> torch.device:
         want = self.tcfg.device
@@ -142,7 +156,10 @@ class Trainer:
         # shapes (each one compiles anew), so it gets coarser buckets. A CPU gains nothing from either.
         multiple = 32 if t.compile else 8 if self.device.type == "cuda" else None
         collate = COLLATORS.get(dcfg.collate)(dcfg, self.tokenizer, multiple)
-        loader = dict(collate_fn=collate, num_workers=t.num_workers, pin_memory=self.device.type == "cuda")
+        # Each loader draws its workers' seed from a generator of its own, not from torch's global one:
+        # that one then serves only dropout, and its saved state is all a resumed run needs.
+        loader = dict(collate_fn=collate, num_workers=t.num_workers, pin_memory=self.device.type == "cuda",
+                      generator=torch.Generator())
         streaming = isinstance(self.train_set, StreamingPairDataset)
         for ds in (self.train_set, self.dev_set, self.test_set):
             if ds is not None and not isinstance(ds, StreamingPairDataset):
@@ -183,23 +200,32 @@ class Trainer:
 
     # ---------------------------------------------------------------- train
     def fit(self) -> float:
-        self.setup()
+        self._setup_run()
+        if self.tcfg.resume and (summary := completed_summary(self.out)) is not None:
+            log.info("trainer.resume=true and %s completed: skipped (best %s %.4f)", self.out,
+                     summary["best"]["metric"], summary["best"]["value"])
+            return summary["best"]["value"]
+        self._setup_training()
         self.train()
         return self.finish()
 
     def train(self) -> None:
         t, model = self.tcfg, self.model
-        self.step, self.samples, self.train_seconds = 0, 0, 0.0
-        self.best = None  # {"epoch", "metric", "value"}
+        first_epoch, done, running = self._start_progress()
         show_bar = sys.stderr.isatty()
-        for epoch in range(1, t.epochs + 1):
+        for epoch in range(first_epoch, t.epochs + 1):
+            if self.step >= self.total_steps:
+                break
             model.train()
+            batches = self.train_loader
             if self.train_sampler is not None:
-                self.train_sampler.set_epoch(epoch)
-            start, running = time.perf_counter(), None
-            bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{t.epochs}", total=self.batches_per_epoch,
+                self.train_sampler.set_epoch(epoch, start=done)
+            elif done:  # streaming: file order, so the batches done are the first ones read
+                batches = islice(batches, done, None)
+            start = time.perf_counter()
+            bar = tqdm(batches, desc=f"epoch {epoch}/{t.epochs}", total=self.batches_per_epoch, initial=done,
                        disable=not show_bar, dynamic_ncols=True)
-            for i, batch in enumerate(bar):
+            for i, batch in enumerate(bar, start=done):
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 batch.pop("index")
                 stepping = (i + 1) % t.grad_accum_steps == 0 or i + 1 == self.batches_per_epoch
@@ -231,13 +257,17 @@ class Trainer:
                         log.info("epoch %d step %d/%d loss %.4f lr %.2e", epoch, self.step, self.total_steps, record["loss"], lr)
                 if self.step >= self.total_steps:
                     break
+                if t.save_every_steps and self.step % t.save_every_steps == 0 and i + 1 < self.batches_per_epoch:
+                    self.train_seconds += time.perf_counter() - start
+                    self._save_last(epoch, i + 1, running)
+                    start = time.perf_counter()  # writing a checkpoint is no training time
             bar.close()
+            done, running = 0, None
             if self.device.type == "cuda":
                 torch.cuda.synchronize()  # queued kernels belong to this epoch's time
             self.train_seconds += time.perf_counter() - start
             self._end_epoch(epoch)
-            if self.step >= self.total_steps:
-                break
+            self._save_last(epoch + 1, 0, None)
 
     def _end_epoch(self, epoch: int) -> None:
         metrics = self.evaluate("dev")
@@ -290,12 +320,64 @@ class Trainer:
         tmp.replace(path)
         return path
 
-    def save(self, path: Path) -> None:
-        """Model + tokenizer, written beside the old copy and swapped in: a crash mid-save keeps the old one."""
+    # ---------------------------------------------------------------- resume
+    def _start_progress(self) -> tuple[int, int, torch.Tensor | None]:
+        """Counters and best so far, fresh or from checkpoints/last; returns where training goes on:
+        (epoch, batches of it already done, the running loss)."""
+        state = self.resumed or {}
+        self.step, self.samples, self.train_seconds = state.get("step", 0), state.get("samples", 0), state.get("train_seconds", 0.0)
+        self.best = state.get("best")  # {"epoch", "metric", "value"}
+        self.best_dev, self.best_step = state.get("best_dev"), state.get("best_step")
+        running = state.get("running_loss")
+        return state.get("epoch", 1), state.get("batch", 0), None if running is None else running.to(self.device)
+
+    def _save_last(self, epoch: int, batch: int, running: torch.Tensor | None) -> None:
+        """checkpoints/last: the weights and all a resumed run needs to go on at batch `batch` of `epoch`."""
+        rngs = dist.gather(rng_state(self.device))  # each rank's: their dropout draws differ
+        if not dist.is_main():
+            return
+        state = {
+            "epoch": epoch, "batch": batch, "step": self.step, "samples": self.samples, "train_seconds": self.train_seconds,
+            "best": self.best, "best_dev": self.best_dev, "best_step": self.best_step,
+            "running_loss": None if running is None else running.detach().cpu(),
+            "metrics_offset": self.metrics_file.tell(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rngs, "config": config_snapshot(self.cfg),
+        }
+        self.save(self.out / LAST, state)
+
+    def _load_last(self) -> dict | None:
+        """Weights, optimizer, scheduler, scaler and RNG states from checkpoints/last; the rest is returned."""
+        path = find_last(self.out)
+        if path is None:
+            log.info("trainer.resume=true but no %s: starting from scratch", self.out / LAST)
+            return None
+        state = torch.load(path / STATE, map_location="cpu", weights_only=True)
+        changes = config_changes(state["config"], config_snapshot(self.cfg))
+        if changes:  # the same batches and steps would mean another run: give the run's own overrides
+            raise ConfigError(f"trainer.resume=true, but the config differs from the one {path} was written with: "
+                              f"{'; '.join(changes)}. Resume with the overrides the run was started with")
+        self.model.load_state_dict(BertForPairwiseCLS.from_pretrained(path).state_dict())
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        rngs = state["rng"]
+        if len(rngs) != dist.world_size():
+            log.warning("checkpoints/last was written by %d processes, this run has %d: dropout draws differ from an "
+                        "uninterrupted run", len(rngs), dist.world_size())
+        set_rng_state(rngs[dist.rank() % len(rngs)], self.device)  # last thing before training: nothing draws in between
+        log.info("resuming from %s: epoch %d, batch %d, step %d", path, state["epoch"], state["batch"], state["step"])
+        return state
+
+    def save(self, path: Path, state: dict | None = None) -> None:
+        """Model + tokenizer (+ a training state), written beside the old copy and swapped in:
+        a crash mid-save keeps the old one."""
         tmp = path.with_name(f".{path.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         self.model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
+        if state is not None:
+            torch.save(state, tmp / STATE)
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             path.rename(old)

@@ -1,0 +1,112 @@
+"""checkpoints/last: a run killed with SIGKILL and resumed ends as if it had never stopped; a re-run sweep
+skips its finished jobs and resumes the others."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from afqmc.sampling import TrainBatchSampler
+
+from .conftest import ROOT, run_py
+
+# 25 batches of 16 per epoch, checkpoints/last every 5 steps: several mid-epoch checkpoints per epoch.
+SMOKE = ["experiment=smoke", "dataset.max_train_samples=400", "trainer.save_every_steps=5", "trainer.predict=false"]
+
+
+def start_run(*args):
+    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def read_state(run_dir):
+    """checkpoints/last's training state, or None (none yet, or caught between the renames of a save)."""
+    try:
+        return torch.load(run_dir / "checkpoints" / "last" / "state.pt", weights_only=True)
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return None
+
+
+def kill_mid_epoch(proc, run_dir, epoch):
+    """SIGKILL the run once checkpoints/last holds a position inside `epoch` or a later one."""
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        state = read_state(run_dir)
+        if state and state["epoch"] >= epoch and state["batch"] > 0:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            break
+        time.sleep(0.01)
+    else:
+        proc.kill()
+        pytest.fail(f"no mid-epoch checkpoint in epoch >= {epoch} before the run ended (rc {proc.returncode})")
+    state = read_state(run_dir)
+    assert state["batch"] > 0, "the run went past its mid-epoch checkpoint before the kill landed"
+    assert not (run_dir / "summary.json").exists()
+    return state
+
+
+def records(run_dir):
+    """metrics.jsonl without the wall-clock times."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
+
+
+def test_sampler_start_skips_the_first_batches():
+    sampler = TrainBatchSampler(list(range(5, 105)), 8, seed=3)
+    sampler.set_epoch(2)
+    whole = list(sampler)
+    sampler.set_epoch(2, start=5)
+    assert list(sampler) == whole[5:] and len(sampler) == len(whole)
+    sampler.set_epoch(3)
+    assert len(list(sampler)) == len(whole)  # the offset is for one epoch only
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    # resume=true in a fresh directory: starts from scratch
+    proc = run_py(*SMOKE, "trainer.epochs=2", "trainer.resume=true", f"hydra.run.dir={straight}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no " in (log := (straight / "run.log").read_text()) and "starting from scratch" in log
+
+    state = kill_mid_epoch(start_run(*SMOKE, "trainer.epochs=2", f"hydra.run.dir={killed}"), killed, epoch=2)
+
+    # another config would be another run: refused, naming what differs
+    proc = run_py(*SMOKE, "trainer.epochs=2", "optimizer.lr=1e-3", "trainer.resume=true", f"hydra.run.dir={killed}")
+    assert proc.returncode == 1 and "optimizer.lr: 0.002 -> 0.001" in proc.stdout + proc.stderr
+
+    proc = run_py(*SMOKE, "trainer.epochs=2", "trainer.resume=true", f"hydra.run.dir={killed}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"epoch 2, batch {state['batch']}, step {state['step']}" in (killed / "run.log").read_text()
+
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (straight, killed))
+    assert b["status"] == "completed"
+    assert b["dev"] == a["dev"] and b["best"] == a["best"]
+    assert b["train"]["steps"] == a["train"]["steps"] == 50 and b["train"]["samples"] == a["train"]["samples"]
+    # every train loss and dev metric along the way, once each: the replayed steps left no duplicates
+    assert records(killed) == records(straight)
+
+
+def test_sweep_rerun_skips_finished_jobs_and_resumes_the_rest(tmp_path):
+    sweep = ["-m", *SMOKE, "trainer.epochs=1", f"hydra.sweep.dir={tmp_path}", "trainer.resume=true"]
+    proc = run_py(*sweep, "optimizer.lr=1e-3")  # job 0 finishes...
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # ... and job 1 (optimizer.lr=2e-3) is killed mid-epoch: the same config as the sweep gives it
+    kill_mid_epoch(start_run(*SMOKE, "trainer.epochs=1", "optimizer.lr=2e-3", f"hydra.run.dir={tmp_path / '1'}"),
+                   tmp_path / "1", epoch=1)
+    finished = tmp_path / "0" / "summary.json"
+    mtime = finished.stat().st_mtime_ns
+
+    proc = run_py(*sweep, "optimizer.lr=1e-3,2e-3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert finished.stat().st_mtime_ns == mtime
+    assert "completed: skipped (best f1_macro" in (tmp_path / "0" / "run.log").read_text()
+    assert "resuming from" in (tmp_path / "1" / "run.log").read_text()
+    assert json.loads((tmp_path / "1" / "summary.json").read_text())["status"] == "completed"
+    steps = [r["step"] for r in records(tmp_path / "1") if r["type"] == "train"]
+    assert steps == [5, 10, 15, 20, 25]
+    report = (tmp_path / "report.csv").read_text().splitlines()
+    assert len(report) == 3 and "failed" not in "".join(report)  # header + two completed jobs
