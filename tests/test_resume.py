@@ -1,6 +1,7 @@
 """checkpoints/last: a run killed with SIGKILL and resumed ends as if it had never stopped; a re-run sweep
 skips its finished jobs and resumes the others."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,12 +14,19 @@ from afqmc.sampling import TrainBatchSampler
 
 from .conftest import ROOT, run_py
 
-# 25 batches of 16 per epoch, checkpoints/last every 5 steps: several mid-epoch checkpoints per epoch.
-SMOKE = ["experiment=smoke", "dataset.max_train_samples=400", "trainer.save_every_steps=5", "trainer.predict=false"]
+# 50 batches of 16 per epoch, checkpoints/last every 5 steps: nine mid-epoch checkpoints per epoch; a train
+# record each step, so that the kill lands after records the resumed run must replay (not repeat).
+SMOKE = ["experiment=smoke", "trainer.save_every_steps=5", "trainer.log_every=1", "trainer.predict=false"]
+# One thread per run: on a busy 2-core machine two threads that wait on each other make each step ~50x slower.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run(*args):
+    return run_py(*args, env=ENV)
 
 
 def start_run(*args):
-    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -30,12 +38,18 @@ def read_state(run_dir):
         return None
 
 
+def last_step(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
+    return max((json.loads(line)["step"] for line in lines[:-1]), default=0)  # the last line may be half written
+
+
 def kill_mid_epoch(proc, run_dir, epoch):
-    """SIGKILL the run once checkpoints/last holds a position inside `epoch` or a later one."""
+    """SIGKILL the run once checkpoints/last holds a position inside `epoch` or a later one, and
+    metrics.jsonl has gone past it."""
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:
         state = read_state(run_dir)
-        if state and state["epoch"] >= epoch and state["batch"] > 0:
+        if state and state["epoch"] >= epoch and state["batch"] > 0 and last_step(run_dir) > state["step"]:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             break
@@ -45,6 +59,7 @@ def kill_mid_epoch(proc, run_dir, epoch):
         pytest.fail(f"no mid-epoch checkpoint in epoch >= {epoch} before the run ended (rc {proc.returncode})")
     state = read_state(run_dir)
     assert state["batch"] > 0, "the run went past its mid-epoch checkpoint before the kill landed"
+    assert last_step(run_dir) > state["step"]
     assert not (run_dir / "summary.json").exists()
     return state
 
@@ -67,32 +82,33 @@ def test_sampler_start_skips_the_first_batches():
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
+    args = [*SMOKE, "trainer.epochs=2", "trainer.metric=loss"]  # the dev loss falls: the best is epoch 2, after the kill
     # resume=true in a fresh directory: starts from scratch
-    proc = run_py(*SMOKE, "trainer.epochs=2", "trainer.resume=true", f"hydra.run.dir={straight}")
+    proc = run(*args, "trainer.resume=true", f"hydra.run.dir={straight}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "no " in (log := (straight / "run.log").read_text()) and "starting from scratch" in log
 
-    state = kill_mid_epoch(start_run(*SMOKE, "trainer.epochs=2", f"hydra.run.dir={killed}"), killed, epoch=2)
+    state = kill_mid_epoch(start_run(*args, f"hydra.run.dir={killed}"), killed, epoch=2)
 
     # another config would be another run: refused, naming what differs
-    proc = run_py(*SMOKE, "trainer.epochs=2", "optimizer.lr=1e-3", "trainer.resume=true", f"hydra.run.dir={killed}")
+    proc = run(*args, "optimizer.lr=1e-3", "trainer.resume=true", f"hydra.run.dir={killed}")
     assert proc.returncode == 1 and "optimizer.lr: 0.002 -> 0.001" in proc.stdout + proc.stderr
 
-    proc = run_py(*SMOKE, "trainer.epochs=2", "trainer.resume=true", f"hydra.run.dir={killed}")
+    proc = run(*args, "trainer.resume=true", f"hydra.run.dir={killed}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"epoch 2, batch {state['batch']}, step {state['step']}" in (killed / "run.log").read_text()
 
     a, b = (json.loads((d / "summary.json").read_text()) for d in (straight, killed))
-    assert b["status"] == "completed"
+    assert b["status"] == "completed" and a["best"]["epoch"] == 2
     assert b["dev"] == a["dev"] and b["best"] == a["best"]
-    assert b["train"]["steps"] == a["train"]["steps"] == 50 and b["train"]["samples"] == a["train"]["samples"]
+    assert b["train"]["steps"] == a["train"]["steps"] == 100 and b["train"]["samples"] == a["train"]["samples"]
     # every train loss and dev metric along the way, once each: the replayed steps left no duplicates
     assert records(killed) == records(straight)
 
 
 def test_sweep_rerun_skips_finished_jobs_and_resumes_the_rest(tmp_path):
     sweep = ["-m", *SMOKE, "trainer.epochs=1", f"hydra.sweep.dir={tmp_path}", "trainer.resume=true"]
-    proc = run_py(*sweep, "optimizer.lr=1e-3")  # job 0 finishes...
+    proc = run(*sweep, "optimizer.lr=1e-3")  # job 0 finishes...
     assert proc.returncode == 0, proc.stderr[-3000:]
     # ... and job 1 (optimizer.lr=2e-3) is killed mid-epoch: the same config as the sweep gives it
     kill_mid_epoch(start_run(*SMOKE, "trainer.epochs=1", "optimizer.lr=2e-3", f"hydra.run.dir={tmp_path / '1'}"),
@@ -100,13 +116,13 @@ def test_sweep_rerun_skips_finished_jobs_and_resumes_the_rest(tmp_path):
     finished = tmp_path / "0" / "summary.json"
     mtime = finished.stat().st_mtime_ns
 
-    proc = run_py(*sweep, "optimizer.lr=1e-3,2e-3")
+    proc = run(*sweep, "optimizer.lr=1e-3,2e-3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert finished.stat().st_mtime_ns == mtime
     assert "completed: skipped (best f1_macro" in (tmp_path / "0" / "run.log").read_text()
     assert "resuming from" in (tmp_path / "1" / "run.log").read_text()
     assert json.loads((tmp_path / "1" / "summary.json").read_text())["status"] == "completed"
     steps = [r["step"] for r in records(tmp_path / "1") if r["type"] == "train"]
-    assert steps == [5, 10, 15, 20, 25]
+    assert steps == list(range(1, 51))  # each step once: none lost, none repeated
     report = (tmp_path / "report.csv").read_text().splitlines()
     assert len(report) == 3 and "failed" not in "".join(report)  # header + two completed jobs
