@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import sys
@@ -99,9 +100,11 @@ class Trainer:
         self.metrics_file = None
         if dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
-            self.metrics_file = open(self.out / "metrics.jsonl", "a", encoding="utf-8")
-            if self.tcfg.resume:  # records past the checkpoint are replayed: drop them, or they would be there twice
-                self.metrics_file.truncate(self.resumed["metrics_offset"] if self.resumed else 0)
+            metrics = self.out / "metrics.jsonl"
+            # Resuming replays the steps past the checkpoint: drop their records, or they would be there twice.
+            if self.tcfg.resume and metrics.exists():
+                os.truncate(metrics, self.resumed["metrics_offset"] if self.resumed else 0)
+            self.metrics_file = open(metrics, "a", encoding="utf-8")
 
     def _setup_device(self) -> torch.device:
         want = self.tcfg.device
@@ -220,7 +223,7 @@ class Trainer:
             batches = self.train_loader
             if self.train_sampler is not None:
                 self.train_sampler.set_epoch(epoch, start=done)
-            elif done:  # streaming: file order, so the batches done are the first ones read
+            elif done:  # streaming, in file order: the loader reads the batches done again, and they are dropped
                 batches = islice(batches, done, None)
             start = time.perf_counter()
             bar = tqdm(batches, desc=f"epoch {epoch}/{t.epochs}", total=self.batches_per_epoch, initial=done,
@@ -354,6 +357,8 @@ class Trainer:
             return None
         state = torch.load(path / STATE, map_location="cpu", weights_only=True)
         changes = config_changes(state["config"], config_snapshot(self.cfg))
+        if len(state["rng"]) != dist.world_size():  # each rank has its share of the batches: another split of them
+            changes.append(f"processes: {len(state['rng'])} -> {dist.world_size()}")
         if changes:  # the same batches and steps would mean another run: give the run's own overrides
             raise ConfigError(f"trainer.resume=true, but the config differs from the one {path} was written with: "
                               f"{'; '.join(changes)}. Resume with the overrides the run was started with")
@@ -361,13 +366,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        rngs = state["rng"]
-        if len(rngs) != dist.world_size():
-            log.warning("checkpoints/last was written by %d processes, this run has %d: dropout draws differ from an "
-                        "uninterrupted run", len(rngs), dist.world_size())
-        set_rng_state(rngs[dist.rank() % len(rngs)], self.device)  # last thing before training: nothing draws in between
+        set_rng_state(state["rng"][dist.rank()], self.device)  # last thing before training: nothing draws in between
         log.info("resuming from %s: epoch %d, batch %d, step %d", path, state["epoch"], state["batch"], state["step"])
-        return state
+        return {k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "scaler", "rng", "config")}
 
     def save(self, path: Path, state: dict | None = None) -> None:
         """Model + tokenizer (+ a training state), written beside the old copy and swapped in:

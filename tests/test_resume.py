@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from afqmc.runs import completed_summary
 from afqmc.sampling import TrainBatchSampler
 
 from .conftest import ROOT, run_py
@@ -43,13 +44,13 @@ def last_step(run_dir):
     return max((json.loads(line)["step"] for line in lines[:-1]), default=0)  # the last line may be half written
 
 
-def kill_mid_epoch(proc, run_dir, epoch):
-    """SIGKILL the run once checkpoints/last holds a position inside `epoch` or a later one, and
-    metrics.jsonl has gone past it."""
+def kill_mid_epoch(proc, run_dir, epoch, after_step=0):
+    """SIGKILL the run once checkpoints/last holds a position inside `epoch` or a later one (and past
+    `after_step`), and metrics.jsonl has gone past it."""
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:
         state = read_state(run_dir)
-        if state and state["epoch"] >= epoch and state["batch"] > 0 and last_step(run_dir) > state["step"]:
+        if state and state["epoch"] >= epoch and state["batch"] > 0 and last_step(run_dir) > state["step"] > after_step:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             break
@@ -60,7 +61,7 @@ def kill_mid_epoch(proc, run_dir, epoch):
     state = read_state(run_dir)
     assert state["batch"] > 0, "the run went past its mid-epoch checkpoint before the kill landed"
     assert last_step(run_dir) > state["step"]
-    assert not (run_dir / "summary.json").exists()
+    assert completed_summary(run_dir) is None  # (a summary of the failed attempt below may be there)
     return state
 
 
@@ -88,15 +89,20 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "no " in (log := (straight / "run.log").read_text()) and "starting from scratch" in log
 
-    state = kill_mid_epoch(start_run(*args, f"hydra.run.dir={killed}"), killed, epoch=2)
+    first = kill_mid_epoch(start_run(*args, f"hydra.run.dir={killed}"), killed, epoch=1)
 
     # another config would be another run: refused, naming what differs
     proc = run(*args, "optimizer.lr=1e-3", "trainer.resume=true", f"hydra.run.dir={killed}")
     assert proc.returncode == 1 and "optimizer.lr: 0.002 -> 0.001" in proc.stdout + proc.stderr
 
+    # killed again once resumed, in epoch 2 (whose start it may have reached before or after the first kill)
+    resumed = start_run(*args, "trainer.resume=true", f"hydra.run.dir={killed}")
+    second = kill_mid_epoch(resumed, killed, epoch=2, after_step=first["step"])
     proc = run(*args, "trainer.resume=true", f"hydra.run.dir={killed}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"epoch 2, batch {state['batch']}, step {state['step']}" in (killed / "run.log").read_text()
+    log = (killed / "run.log").read_text()
+    for state in (first, second):
+        assert f"epoch {state['epoch']}, batch {state['batch']}, step {state['step']}" in log
 
     a, b = (json.loads((d / "summary.json").read_text()) for d in (straight, killed))
     assert b["status"] == "completed" and a["best"]["epoch"] == 2
