@@ -9,7 +9,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
 import afqmc  # noqa: F401  (registers the config resolvers)
-from afqmc.errors import AfqmcError
+from afqmc.errors import AfqmcError, Interrupted
 from afqmc.runs import write_failed_summary
 
 log = logging.getLogger("afqmc")
@@ -26,12 +26,13 @@ def main(cfg: DictConfig) -> float:
         check_config(cfg)  # every key's type and range, before any data or model is loaded
         return build_trainer(cfg, output_dir).fit()
     except Exception as e:
-        if RANK == "0":
-            write_failed_summary(output_dir, e)  # so that the sweep report lists this run as failed, and why
+        interrupted = isinstance(e, Interrupted)
+        if RANK == "0":  # so that the sweep report lists this run as failed (or interrupted), and why
+            write_failed_summary(output_dir, e, "interrupted" if interrupted else "failed")
         if not isinstance(e, AfqmcError):
             raise
         log.error("%s: %s", type(e).__name__, e)  # the message says what to fix; a traceback would bury it
-        sys.exit(1)
+        sys.exit(130 if interrupted else 1)  # 130: the shell's code for a Ctrl-C
 
 
 RANK = os.environ.get("RANK", "0")  # set by torchrun

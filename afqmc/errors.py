@@ -15,3 +15,11 @@ class DataError(AfqmcError):
 
 class ModelLoadError(AfqmcError):
     """model.checkpoint cannot be loaded."""
+
+
+class TrainingError(AfqmcError):
+    """Training cannot go on: the loss is no longer a finite number."""
+
+
+class Interrupted(AfqmcError):
+    """Ctrl-C: checkpoints/last is saved; run.py marks the summary interrupted and exits with 130."""

@@ -152,8 +152,9 @@ def optuna_section(root: Path) -> list[str]:
 
 
 def runs_section(root: Path, runs: list[Run], rows: list[dict], diffs: list[list[str]], common: list[str], metric: str) -> list[str]:
-    failed = sum(r.status == "failed" for r in runs)
-    out = ["## Runs", "", f"{len(runs)} runs, {len(runs) - failed} completed, {failed} failed."]
+    counts = ", ".join(f"{sum(r.status == s for r in runs)} {s}" for s in ("completed", "failed", "interrupted")
+                       if s != "interrupted" or any(r.status == s for r in runs))
+    out = ["## Runs", "", f"{len(runs)} runs, {counts}."]
     done = [r for r in runs if r.status == "completed" and r.get("dev", metric) is not None]
     if done:
         best = (min if metric == "loss" else max)(done, key=lambda r: r.get("dev", metric))

@@ -63,10 +63,16 @@ def config_changes(saved: dict, now: dict) -> list[str]:
     return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
 
 
+def restore(path: Path) -> None:
+    """Puts back the copy that a save (Trainer.save) was swapping out when it was killed between its
+    two renames: path is missing then, and its previous version is whole at .NAME.old."""
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and old.is_dir():
+        old.rename(path)
+
+
 def find_last(run_dir: Path) -> Path | None:
-    """checkpoints/last, or the copy it replaces when a crash fell between the two renames of a save."""
-    path = run_dir / LAST
-    for candidate in (path, path.with_name(f".{path.name}.old")):
-        if (candidate / STATE).is_file():
-            return candidate
-    return None
+    """checkpoints/last, if a run wrote one (checkpoints/best restored too, if a kill left it aside)."""
+    for path in (run_dir / LAST, run_dir / "checkpoints" / "best"):
+        restore(path)
+    return run_dir / LAST if (run_dir / LAST / STATE).is_file() else None

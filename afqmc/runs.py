@@ -22,12 +22,12 @@ def error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def write_failed_summary(run_dir, exc: BaseException) -> None:
-    """summary.json for a run that raised, so that a report lists it as failed and says why."""
+def write_failed_summary(run_dir, exc: BaseException, status: str = "failed") -> None:
+    """summary.json for a run that raised (or was interrupted), so that a report lists it and says why."""
     path = Path(run_dir) / SUMMARY
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")  # temp file + rename: a reader never sees half a file
-    tmp.write_text(json.dumps({"status": "failed", "error": error_line(exc)}, ensure_ascii=False, indent=2) + "\n",
+    tmp.write_text(json.dumps({"status": status, "error": error_line(exc)}, ensure_ascii=False, indent=2) + "\n",
                    encoding="utf-8")
     tmp.replace(path)
 
@@ -36,7 +36,7 @@ def write_failed_summary(run_dir, exc: BaseException) -> None:
 class Run:
     path: Path
     overrides: list[str]  # the command-line overrides of this run, as Hydra recorded them
-    status: str  # completed | failed
+    status: str  # completed | failed | interrupted
     error: str = ""  # first line of what went wrong (failed runs)
     summary: dict = field(default_factory=dict)
     curve: list[dict] = field(default_factory=list)  # metrics.jsonl's dev records, one per epoch
@@ -58,7 +58,8 @@ def find_runs(root) -> list[Path]:
 def load_run(path: Path) -> Run:
     overrides = [str(o) for o in OmegaConf.load(path / OVERRIDES)]
     summary, error = _read_summary(path)
-    return Run(path, overrides, "failed" if error else "completed", error, summary, _dev_curve(path))
+    status = "completed" if not error else "interrupted" if summary.get("status") == "interrupted" else "failed"
+    return Run(path, overrides, status, error, summary, _dev_curve(path))
 
 
 def completed_summary(run_dir) -> dict | None:

@@ -13,7 +13,9 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from itertools import islice
 from pathlib import Path
@@ -26,7 +28,7 @@ from transformers import set_seed
 
 from . import distributed as dist
 from .data import StreamingPairDataset, ensure_downloaded, read_examples, skipped_lines
-from .errors import ConfigError
+from .errors import ConfigError, Interrupted, TrainingError
 from .metrics import classification_metrics
 from .model import BertForPairwiseCLS
 from .registry import COLLATORS, DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS
@@ -73,6 +75,28 @@ def write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+@contextlib.contextmanager
+def ctrl_c_flag():
+    """Ctrl-C (SIGINT) sets an Event instead of raising KeyboardInterrupt wherever Python happens to be,
+    perhaps halfway through an optimizer step: the loop stops at the next step boundary, with a state
+    worth saving. A second Ctrl-C raises at once."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # e.g. a joblib worker: no signals there
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag.set()
+        signal.signal(signal.SIGINT, previous)
+        log.warning("Ctrl-C: saving checkpoints/last after this step, then stopping (Ctrl-C again: stop now)")
+
+    previous = signal.signal(signal.SIGINT, handler) or signal.default_int_handler
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @TRAINERS.register("default", schema=TRAINER_KEYS, check=metric_fits_labels)
@@ -209,7 +233,8 @@ class Trainer:
                      summary["best"]["metric"], summary["best"]["value"])
             return summary["best"]["value"]
         self._setup_training()
-        self.train()
+        with ctrl_c_flag() as self.ctrl_c:
+            self.train()
         return self.finish()
 
     def train(self) -> None:
@@ -258,6 +283,11 @@ class Trainer:
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
                     if not show_bar:
                         log.info("epoch %d step %d/%d loss %.4f lr %.2e", epoch, self.step, self.total_steps, record["loss"], lr)
+                    self._check_finite(record["loss"], epoch, weights=False)
+                if self._stop_requested(logged=self.step % t.log_every == 0):
+                    self._save_last(epoch, i + 1, running)
+                    raise Interrupted(f"Ctrl-C at epoch {epoch}, step {self.step}: saved {self.out / LAST}; "
+                                      f"go on with: python run.py hydra.run.dir={self.out} trainer.resume=true")
                 if self.step >= self.total_steps:
                     break
                 if t.save_every_steps and self.step % t.save_every_steps == 0 and i + 1 < self.batches_per_epoch:
@@ -265,12 +295,32 @@ class Trainer:
                     self._save_last(epoch, i + 1, running)
                     start = time.perf_counter()  # writing a checkpoint is no training time
             bar.close()
+            if running is not None:  # (None: resumed at the epoch's end, from checked weights)
+                self._check_finite(running, epoch)  # before _end_epoch writes checkpoints
             done, running = 0, None
             if self.device.type == "cuda":
                 torch.cuda.synchronize()  # queued kernels belong to this epoch's time
             self.train_seconds += time.perf_counter() - start
             self._end_epoch(epoch)
             self._save_last(epoch + 1, 0, None)
+
+    def _check_finite(self, running: torch.Tensor | float, epoch: int, weights: bool = True) -> None:
+        """The running loss is a moving average: once a step's loss is nan or inf, so is it, until the
+        epoch ends. Checked, with the weights (the last step may have broken them), before each
+        checkpoint is written: the checkpoints a diverged run leaves are from before it diverged."""
+        loss = dist.mean(running).item() if torch.is_tensor(running) else running
+        norm = torch.nn.utils.get_total_norm(list(self.model.parameters())).item() if weights else 0.0
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            raise TrainingError(
+                f"training diverged at epoch {epoch}, step {self.step}: running loss {loss:.4g}"
+                + (f", weights' norm {norm:.4g}" if weights else "") + "; the checkpoints already written are from "
+                "before it. Try a lower optimizer.lr, trainer.max_grad_norm (clipping) or trainer.precision=fp32")
+
+    def _stop_requested(self, logged: bool) -> bool:
+        """Ctrl-C was pressed. torchrun's ranks may see it a step apart: they agree at log steps."""
+        if dist.world_size() == 1:
+            return self.ctrl_c.is_set()
+        return logged and dist.mean(torch.tensor(float(self.ctrl_c.is_set()), device=self.device)).item() > 0
 
     def _end_epoch(self, epoch: int) -> None:
         metrics = self.evaluate("dev")
@@ -336,6 +386,8 @@ class Trainer:
 
     def _save_last(self, epoch: int, batch: int, running: torch.Tensor | None) -> None:
         """checkpoints/last: the weights and all a resumed run needs to go on at batch `batch` of `epoch`."""
+        if running is not None:  # (None at an epoch's end: checked before the evaluation)
+            self._check_finite(running, epoch)
         rngs = dist.gather(rng_state(self.device))  # each rank's: their dropout draws differ
         if not dist.is_main():
             return
@@ -372,7 +424,7 @@ class Trainer:
 
     def save(self, path: Path, state: dict | None = None) -> None:
         """Model + tokenizer (+ a training state), written beside the old copy and swapped in:
-        a crash mid-save keeps the old one."""
+        a process killed mid-save leaves the old one whole (see resume.restore)."""
         tmp = path.with_name(f".{path.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         self.model.save_pretrained(tmp)
@@ -381,8 +433,9 @@ class Trainer:
             torch.save(state, tmp / STATE)
         old = path.with_name(f".{path.name}.old")
         if path.exists():
+            shutil.rmtree(old, ignore_errors=True)  # one left by a kill after a swap: path is whole, it is stale
             path.rename(old)
-        tmp.rename(path)
+        tmp.rename(path)  # killed between these two renames: .old is the whole previous copy
         shutil.rmtree(old, ignore_errors=True)
 
     def finish(self) -> float:

@@ -1,0 +1,102 @@
+"""Crashes lose nothing already earned: a diverged run, a Ctrl-C, a kill in the middle of a save."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from afqmc.model import BertForPairwiseCLS
+from afqmc.resume import find_last
+
+from .conftest import ROOT, run_py
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+SMOKE = ["experiment=smoke", "trainer.log_every=1", "trainer.predict=false"]
+
+
+def total_norm(checkpoint):
+    return torch.nn.utils.get_total_norm(list(BertForPairwiseCLS.from_pretrained(checkpoint).parameters())).item()
+
+
+def test_diverged_run_stops_with_its_step_and_keeps_finite_checkpoints(tmp_path):
+    # AdamW moves each weight by about lr per step: at 1e30 the weights overflow within a few steps.
+    proc = run_py(*SMOKE, "optimizer.lr=1e30", "trainer.max_grad_norm=null", "trainer.save_every_steps=1",
+                  f"hydra.run.dir={tmp_path}", env=ENV)
+    assert proc.returncode == 1
+    out = proc.stdout + proc.stderr
+    assert "TrainingError: training diverged at epoch 1, step " in out and "optimizer.lr" in out
+    assert "Traceback" not in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"].startswith("TrainingError: training diverged")
+    failed_step = int(summary["error"].split("step ")[1].split(":")[0])
+    state = torch.load(tmp_path / "checkpoints" / "last" / "state.pt", weights_only=True)
+    assert 0 < state["step"] < failed_step
+    assert torch.isfinite(torch.tensor(total_norm(tmp_path / "checkpoints" / "last")))
+
+
+def test_ctrl_c_saves_last_marks_the_summary_and_resumes(tmp_path):
+    args = [*SMOKE, "trainer.epochs=1", "trainer.save_every_steps=null", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics, deadline = tmp_path / "metrics.jsonl", time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):  # three steps done: mid-epoch
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-3000:]
+    assert "Traceback" not in out and "trainer.resume=true" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["error"].startswith("Interrupted: Ctrl-C at epoch 1, step ")
+    state = torch.load(tmp_path / "checkpoints" / "last" / "state.pt", weights_only=True)
+    assert state["epoch"] == 1 and 3 <= state["batch"] < 50 and state["step"] == state["batch"]
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == list(range(1, state["step"] + 1))  # everything logged up to the stop, nothing past it
+
+    proc = run_py(*args, "trainer.resume=true", env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["train"]["steps"] == 50
+
+
+# Saves a checkpoint, changes the weights, and saves again into the same place, killed (SIGKILL) at
+# `when`: while the new copy is being written, or between the two renames that swap it in.
+KILLED_SAVE = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from types import SimpleNamespace
+    import torch
+    from transformers import AutoTokenizer
+    from afqmc.model import BertForPairwiseCLS
+    from afqmc.trainer import Trainer
+
+    source, target, when = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    saver = SimpleNamespace(model=BertForPairwiseCLS.from_pretrained(source), tokenizer=AutoTokenizer.from_pretrained(source))
+    Trainer.save(saver, target, {"step": 1})
+    with torch.no_grad():
+        for p in saver.model.parameters():
+            p.add_(1.0)
+    die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    if when == "writing":  # the weights are written, the state is not yet
+        torch.save = die
+    else:  # the old copy is renamed aside, the new one not yet in its place
+        rename = Path.rename
+        Path.rename = lambda self, to: die() if self.name.endswith(".tmp") else rename(self, to)
+    Trainer.save(saver, target, {"step": 2})
+""")
+
+
+@pytest.mark.parametrize("when", ["writing", "swapping"])
+def test_a_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path, tiny_bert_dir, when):
+    last = tmp_path / "checkpoints" / "last"
+    proc = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(tiny_bert_dir), str(last), when],
+                          cwd=ROOT, capture_output=True, text=True, env=ENV)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert find_last(tmp_path) == last  # (puts the previous copy back if the kill fell between the renames)
+    assert torch.load(last / "state.pt", weights_only=True) == {"step": 1}
+    assert total_norm(last) == pytest.approx(total_norm(tiny_bert_dir))  # the weights before the +1
