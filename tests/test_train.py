@@ -16,27 +16,27 @@ PRODUCTS = ["余额宝", "信用卡", "网商贷", "支付宝"]  # one length: p
 
 
 def product_pairs(rng, n):
-    """Label 1 when both questions name the same product: learnable, and 50% by chance."""
+    """Label 1 when the second question names one of the first two products: learnable by a tiny
+    BERT in a few epochs whatever its random start, and half the pairs by chance."""
     rows = []
     for _ in range(n):
         a, b = rng.choice(PRODUCTS), rng.choice(PRODUCTS)
-        if rng.random() < 0.5:
-            b = a
-        rows.append({"sentence1": f"{a}怎么开通", "sentence2": f"如何关闭{b}", "label": str(int(a == b))})
+        rows.append({"sentence1": f"{a}怎么开通", "sentence2": f"如何关闭{b}", "label": str(int(b in PRODUCTS[:2]))})
     return rows
 
 
-def test_training_loop_learns(tmp_path, tiny_bert_dir):
-    rng = random.Random(0)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_training_loop_learns(tmp_path, tiny_bert_dir, seed):
+    rng = random.Random(seed)
     write_jsonl(tmp_path / "d" / "train.json", product_pairs(rng, 600))
     write_jsonl(tmp_path / "d" / "dev.json", product_pairs(rng, 200))
     cfg = compose_cfg([f"dataset.root={tmp_path / 'd'}", f"model.checkpoint={tiny_bert_dir}", "model.pretrained=false",
-                       "dataset.splits.test=null", "optimizer.lr=1e-3", "trainer.epochs=10", "trainer.batch_size=16"])
+                       "dataset.splits.test=null", "optimizer.lr=1e-3", "trainer.epochs=4", "trainer.batch_size=16",
+                       f"trainer.seed={seed}"])
     trainer = Trainer(cfg, tmp_path / "out")
     best = trainer.fit()
     dev = json.loads((tmp_path / "out" / "summary.json").read_text())["dev"]
-    assert best > 0.7 and dev["accuracy"] > 0.7, dev  # chance is 0.5
-    assert dev["f1_pos"] > 0.7
+    assert best > 0.9 and dev["accuracy"] > 0.9 and dev["f1_pos"] > 0.9, dev  # chance: 0.5
 
 
 def test_max_steps_and_grad_accumulation(tmp_path, pairs_dir, tiny_bert_dir):
