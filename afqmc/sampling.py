@@ -51,3 +51,28 @@ def sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Evaluation batches, longest first: minimal padding, and an out-of-memory shows up at once."""
     order = torch.tensor(lengths).argsort(descending=True, stable=True)
     return [b.tolist() for b in order.split(batch_size)]
+
+
+def split_by_length(batch: dict, min_saving: float | None, max_pieces: int = 4) -> list[dict]:
+    """A padded batch as up to `max_pieces` pieces of similar-length pairs, each cut to its own longest
+    pair, when a cut saves at least `min_saving` of the batch's padded tokens; else [batch].
+
+    The gradient is the same (the loss is a mean over pairs: the caller weights each piece's mean by
+    its share). What it saves: one long pair no longer pads 31 short ones to its length, in the
+    linear layers (linear in length) and in attention (quadratic).
+    """
+    lengths = batch["attention_mask"].sum(1)
+    order = lengths.argsort(descending=True, stable=True)
+    lengths, n = lengths[order].tolist(), len(order)
+    cuts, enough = [0, n], min_saving * n * lengths[0] if min_saving is not None else float("inf")
+    while len(cuts) - 1 < max_pieces:
+        # cutting [a, b) (longest first) at k saves (b - k) * (lengths[a] - lengths[k]) padded tokens
+        saving, cut = max(((b - k) * (lengths[a] - lengths[k]), k)
+                          for a, b in zip(cuts, cuts[1:]) for k in range(a + 1, b)) if n > 1 else (0, 0)
+        if saving < enough:
+            break
+        cuts = sorted(cuts + [cut])
+    if len(cuts) == 2:
+        return [batch]
+    return [{k: v[order[a:b]][:, : lengths[a]] if v.dim() == 2 else v[order[a:b]] for k, v in batch.items()}
+            for a, b in zip(cuts, cuts[1:])]
