@@ -2,9 +2,10 @@
 
     python benchmarks/startup.py --model DIR --data DIR [--repeat 3] [--device cpu]
 
-Each repeat launches run.py in a fresh process (imports, config checks, model loading, reading and
-tokenizing every split, one optimizer step) and reads the wall-clock time of the first record in
-its metrics.jsonl. Also prints where the time went, from the run's log.
+Each repeat launches run.py with the default config in a fresh process (imports, config checks,
+model loading, reading and tokenizing train, dev and test, one optimizer step), reads the wall-clock
+time of the first record in its metrics.jsonl, and stops the run there. Also prints where the time
+went, from the run's log.
 """
 from __future__ import annotations
 
@@ -31,11 +32,17 @@ def main() -> None:
     for i in range(args.repeat):
         with tempfile.TemporaryDirectory() as out:
             cmd = [sys.executable, str(ROOT / "run.py"), f"dataset.root={args.data}", f"model.checkpoint={args.model}",
-                   "trainer.max_steps=1", "trainer.log_every=1", "trainer.predict=false", "dataset.max_eval_samples=32",
-                   f"trainer.device={args.device}", f"hydra.run.dir={out}"]
+                   "trainer.log_every=1", f"trainer.device={args.device}", f"hydra.run.dir={out}"]
             start = time.time()
-            subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
-            first = json.loads((Path(out) / "metrics.jsonl").read_text().splitlines()[0])
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            metrics = Path(out) / "metrics.jsonl"
+            while not (metrics.exists() and metrics.read_text().count("\n")):
+                if proc.poll() is not None:
+                    sys.exit(f"run.py exited with {proc.returncode} before its first step:\n{proc.stderr.read()[-3000:]}")
+                time.sleep(0.05)
+            proc.kill()
+            proc.wait()
+            first = json.loads(metrics.read_text().splitlines()[0])
             print(f"run {i + 1}: first training step done {first['time'] - start:.1f} s after launch")
             for line in (Path(out) / "run.log").read_text().splitlines():  # the log's own timestamps
                 if m := re.match(r"\[([\d-]+ [\d:,]+)\]\[[\w.]+\]\[\w+\] - (.*)", line):
