@@ -1,6 +1,6 @@
 """Training throughput: this framework against transformers.Trainer and the classic hand-written loop.
 
-    python benchmarks/throughput.py --model DIR --data DIR [--samples 512] [--batch-size 32] [--device cpu]
+    python benchmarks/throughput.py --model DIR --data DIR [--samples 512] [--batch-size 32] [--device cpu] [--repeat 3]
 
 Each loop trains the same model class on the same first N train pairs with the same batch size,
 learning rate and seed, in a fresh child process, one after another; each reports training
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ def run_ours(args, out_dir: str) -> dict:
         f"dataset.max_length={args.max_length}", f"trainer.epochs={args.epochs}", f"trainer.batch_size={args.batch_size}",
         f"trainer.seed={args.seed}", "trainer.predict=false", f"trainer.device={args.device}",
         f"trainer.precision={'bf16' if args.bf16 else 'fp32'}", f"trainer.compile={str(args.compile).lower()}", f"optimizer.lr={args.lr}",
+        *args.set,
     ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
@@ -80,27 +82,31 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile in this framework")
     ap.add_argument("--random", dest="pretrained", action="store_false", help="random weights from the config (speed only)")
     ap.add_argument("--pooling", default="cls", choices=["cls", "mean"])
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for this framework's run (repeatable), e.g. trainer.fast_dropout=false")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of all loops; the medians are compared")
     ap.add_argument("--loops", default=",".join(LOOPS), help=f"comma-separated subset of {','.join(LOOPS)}")
     ap.add_argument("--eval", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--one", choices=list(LOOPS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         return child(args)
-    results = {}
-    for name in args.loops.split(","):
-        cmd = [sys.executable, __file__, "--one", name, *sys.argv[1:]]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        if proc.returncode or not line:
-            print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-            continue
-        results[name] = r = json.loads(line[-1][7:])
-        r["sps"] = r["samples"] / r["seconds"]
-        print(f"{name:16s} {r['sps']:8.1f} samples/s  peak {r['peak_mib']:8.0f} MiB  ({LOOPS[name]})", flush=True)
-    if "afqmc" in results:
-        print("\nafqmc speed-up: " + ", ".join(f"{results['afqmc']['sps'] / r['sps']:.2f}x {name}"
-                                             for name, r in results.items() if name != "afqmc"))
-
+    runs = {name: [] for name in args.loops.split(",")}
+    for round_ in range(args.repeat):  # rounds interleave the loops: a slow spell of a shared machine hits all of them
+        for name, results in runs.items():
+            cmd = [sys.executable, __file__, "--one", name, *sys.argv[1:]]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+            if proc.returncode or not line:
+                print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+                continue
+            results.append(r := json.loads(line[-1][7:]))
+            r["sps"] = r["samples"] / r["seconds"]
+            print(f"{name:16s} {r['sps']:8.1f} samples/s  peak {r['peak_mib']:8.0f} MiB  ({LOOPS[name]}, round {round_ + 1})", flush=True)
+    sps = {name: statistics.median(r["sps"] for r in results) for name, results in runs.items() if results}
+    if args.repeat > 1:
+        print("\nmedian of %d rounds: " % args.repeat + ", ".join(f"{name} {v:.1f}" for name, v in sps.items()))
+    if "afqmc" in sps:
+        print("afqmc speed-up: " + ", ".join(f"{sps['afqmc'] / v:.2f}x {name}" for name, v in sps.items() if name != "afqmc"))
 
 if __name__ == "__main__":
     main()
