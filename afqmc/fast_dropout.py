@@ -1,6 +1,6 @@
 """Cheaper dropout for training on the CPU (trainer.fast_dropout).
 
-On a CPU, dropout is a large share of a BERT training step (about a quarter for e5-small on short
+On a CPU, dropout is a large share of a BERT training step (12-25% for e5-small on short
 AFQMC pairs): torch draws a 32-bit float per element for the mask, and SDPA's CPU kernel has no
 dropout, so attention dropout sends it to its math path, slower than plain eager attention. Here a
 mask element costs 16 random bits (four from each 64-bit draw), and attention runs eagerly with

@@ -168,7 +168,7 @@ class Trainer:
         self.label_names = [str(raw) for raw, _ in sorted(label_map.items(), key=lambda kv: kv[1])]
         self.model, self.tokenizer = MODELS.get(self.cfg.model.name)(self.cfg.model, self.label_names)
         self.model.to(self.device)
-        if self.device.type == "cpu" and self.tcfg.fast_dropout:  # dropout is ~1/4 of a CPU step: see fast_dropout.py
+        if self.device.type == "cpu" and self.tcfg.fast_dropout:  # dropout: 12-25% of a CPU step (fast_dropout.py)
             use_fast_dropout(self.model)
         # self.model is the plain module that gets saved and reloaded; self.forward trains it and
         # self.infer evaluates it (never through DDP: ranks score different numbers of batches).
