@@ -108,5 +108,6 @@ def main() -> None:
     if "afqmc" in sps:
         print("afqmc speed-up: " + ", ".join(f"{sps['afqmc'] / v:.2f}x {name}" for name, v in sps.items() if name != "afqmc"))
 
+
 if __name__ == "__main__":
     main()
