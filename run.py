@@ -1,4 +1,5 @@
 """Entry point: python run.py [overrides]. See README.md and conf/config.yaml."""
+
 import logging
 import os
 import sys
@@ -62,5 +63,9 @@ if __name__ == "__main__":
         # Hydra would give every torchrun rank a run directory of its own. Ranks other than 0 get none
         # and log only warnings: they write nothing, and the trainer hands them rank 0's directory.
         sys.argv = [a for a in sys.argv if not a.startswith("hydra.run.dir=")] + [
-            "hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.job_logging.root.level=WARNING"]
+            "hydra.run.dir=.",
+            "hydra.output_subdir=null",
+            "hydra/job_logging=stdout",
+            "hydra.job_logging.root.level=WARNING",
+        ]
     cli()

@@ -1,4 +1,5 @@
 """afqmc: config-driven fine-tuning of Chinese BERT models for sentence-pair classification."""
+
 import os
 import secrets
 from pathlib import Path

@@ -2,6 +2,7 @@
 
 Imported by every run, single or multirun: keep it light (the report's imports wait until it is written).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -41,5 +42,10 @@ class SweepReport(Callback):
 
             log.info("sweep report: %s", write_report(sweep_dir))
         except Exception as e:  # noqa: BLE001  (any failure here must leave the sweep's results alone)
-            log.warning("could not write the sweep report in %s (%s: %s); run: python -m afqmc.report %s",
-                        sweep_dir, type(e).__name__, e, sweep_dir)
+            log.warning(
+                "could not write the sweep report in %s (%s: %s); run: python -m afqmc.report %s",
+                sweep_dir,
+                type(e).__name__,
+                e,
+                sweep_dir,
+            )

@@ -4,6 +4,7 @@ One dataset YAML describes a corpus (format, file names, column names, label map
 sentence-pair corpus needs no code. Every bad line stops the run with its file and line number,
 or with dataset.on_bad_line=skip is left out, counted and logged.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -17,10 +18,10 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from itertools import count, islice
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator
 
 import torch
 from omegaconf import OmegaConf
@@ -49,14 +50,22 @@ def _lines(path: Path, max_bytes: int) -> Iterator[tuple[int, str | DataError]]:
             if len(raw) > max_bytes and not raw.endswith(b"\n"):
                 size, raw = len(raw), b""  # let go of the first piece before measuring the rest
                 size += _rest_of_line(f)
-                yield lineno, DataError(f"{path}:{lineno}: line of {size:,} bytes, above dataset.max_line_bytes={max_bytes:,}")
+                yield (
+                    lineno,
+                    DataError(f"{path}:{lineno}: line of {size:,} bytes, above dataset.max_line_bytes={max_bytes:,}"),
+                )
                 continue
             if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8):]
+                raw = raw[len(codecs.BOM_UTF8) :]
             try:
                 yield lineno, raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield lineno, DataError(f"{path}:{lineno}: not UTF-8 (byte {raw[e.start]:#04x} at byte {e.start + 1} of the line)")
+                yield (
+                    lineno,
+                    DataError(
+                        f"{path}:{lineno}: not UTF-8 (byte {raw[e.start]:#04x} at byte {e.start + 1} of the line)"
+                    ),
+                )
 
 
 def _rest_of_line(f) -> int:
@@ -69,7 +78,9 @@ def _rest_of_line(f) -> int:
     return size
 
 
-def _rows(path: Path, fmt: str, max_bytes: int = MAX_LINE_BYTES, header: tuple = ()) -> Iterator[tuple[int, dict | DataError]]:
+def _rows(
+    path: Path, fmt: str, max_bytes: int = MAX_LINE_BYTES, header: tuple = ()
+) -> Iterator[tuple[int, dict | DataError]]:
     """(line number, raw record) for each non-blank line, or a DataError in place of a bad line: the
     caller decides whether it stops the run (dataset.on_bad_line). `header`: columns a CSV/TSV must have."""
     if fmt not in FORMATS:
@@ -213,11 +224,23 @@ class PairDataset(Dataset):
         self.examples, self.path, self.features = examples, path, None
 
     def encode(self, tokenizer, max_length: int) -> None:
-        key = (str(self.path.resolve()), self.path.stat().st_mtime_ns, len(self.examples), type(tokenizer).__name__,
-               tokenizer.name_or_path, len(tokenizer), getattr(tokenizer, "do_lower_case", None), max_length)
+        key = (
+            str(self.path.resolve()),
+            self.path.stat().st_mtime_ns,
+            len(self.examples),
+            type(tokenizer).__name__,
+            tokenizer.name_or_path,
+            len(tokenizer),
+            getattr(tokenizer, "do_lower_case", None),
+            max_length,
+        )
         if key not in _ENCODED:
-            enc = tokenizer([e["text_a"] for e in self.examples], [e["text_b"] for e in self.examples],
-                            truncation=True, max_length=max_length)
+            enc = tokenizer(
+                [e["text_a"] for e in self.examples],
+                [e["text_b"] for e in self.examples],
+                truncation=True,
+                max_length=max_length,
+            )
             names = [n for n in ("input_ids", "token_type_ids") if n in enc]
             if len(_ENCODED) >= 6:  # a long sweep over tokenizers or lengths must not grow memory without end
                 del _ENCODED[next(iter(_ENCODED))]
@@ -268,22 +291,37 @@ def _class_indices(label_map: dict) -> bool:
 
 DATASET_KEYS = {  # conf/dataset/afqmc.yaml, checked before anything loads (afqmc/schema.py)
     # task names predictions/<task>_predict.json: a separator or '..' would write outside the run directory
-    "task": Key(str, rule=_file_name_part, says="a name without '/', '\\' or '..' (it names predictions/<task>_predict.json)"),
+    "task": Key(
+        str, rule=_file_name_part, says="a name without '/', '\\' or '..' (it names predictions/<task>_predict.json)"
+    ),
     "root": Key(str),
     "format": Key(str, choices=tuple(FORMATS)),
     "splits": Key(dict, keys={"train": Key(str), "dev": Key(str), "test": Key(str, null=True)}),
     "columns": Key(dict, keys={"text_a": Key(str), "text_b": Key(str), "label": Key(str), "id": Key(str, null=True)}),
-    "label_map": Key(dict, rule=_class_indices,
-                     says="a map from raw label to class index, with at least 2 labels and the indices 0..N-1 each once"),
+    "label_map": Key(
+        dict,
+        rule=_class_indices,
+        says="a map from raw label to class index, with at least 2 labels and the indices 0..N-1 each once",
+    ),
     # [CLS] a [SEP] b [SEP] takes 3; below that the tokenizer silently stops truncating
     "max_length": Key(int, min=5),
     "streaming": Key(bool),
     "max_train_samples": Key(int, null=True, min=1),
     "max_eval_samples": Key(int, null=True, min=1),
     "collate": Key(str),
-    "download": Key(dict, null=True, keys={"url": Key(str), "sha256": Key(
-        dict, null=True, rule=lambda m: all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) for v in m.values()),
-        says="null or a map from file name to its sha256 (64 lower-case hex digits)")}),
+    "download": Key(
+        dict,
+        null=True,
+        keys={
+            "url": Key(str),
+            "sha256": Key(
+                dict,
+                null=True,
+                rule=lambda m: all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) for v in m.values()),
+                says="null or a map from file name to its sha256 (64 lower-case hex digits)",
+            ),
+        },
+    ),
     "max_line_bytes": Key(int, min=1),
     "on_bad_line": Key(str, choices=("error", "skip")),
 }
@@ -302,13 +340,19 @@ def build_dataset(cfg, split: str) -> Dataset:
     skipped = SkippedLines()
     examples = islice(read_examples(path, cfg, labeled=split != "test", skipped=skipped), limit)
     streaming = split == "train" and cfg.streaming
-    if streaming:  # read lazily, once per epoch; now one pass counts the skipped lines, or one example shows it is not empty
+    if (
+        streaming
+    ):  # read lazily, once per epoch; now one pass counts the skipped lines, or one example shows it is not empty
         found = sum(1 for _ in examples) if cfg.on_bad_line == "skip" else next(examples, None) is not None
     else:
         examples = list(examples)
         found = bool(examples)
     if not found:
-        why = f"all {skipped.count} lines with data are bad, skipped by dataset.on_bad_line=skip" if skipped.count else "the file is empty"
+        why = (
+            f"all {skipped.count} lines with data are bad, skipped by dataset.on_bad_line=skip"
+            if skipped.count
+            else "the file is empty"
+        )
         raise DataError(f"{path}: no examples ({why})")
     if skipped.count:
         log.warning("%s: skipped %d bad lines (dataset.on_bad_line=skip)", path, skipped.count)
@@ -335,15 +379,17 @@ class PairCollator:
         if "input_ids" in examples[0]:
             batch = self._pad(examples)
         else:
-            batch = dict(self.tokenizer(  # input_ids, attention_mask and, if the tokenizer has them, token_type_ids
-                [e["text_a"] for e in examples],
-                [e["text_b"] for e in examples],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                pad_to_multiple_of=self.pad_to_multiple_of,
-                return_tensors="pt",
-            ))
+            batch = dict(
+                self.tokenizer(  # input_ids, attention_mask and, if the tokenizer has them, token_type_ids
+                    [e["text_a"] for e in examples],
+                    [e["text_b"] for e in examples],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    pad_to_multiple_of=self.pad_to_multiple_of,
+                    return_tensors="pt",
+                )
+            )
         batch["index"] = torch.tensor([e["index"] for e in examples])
         if examples[0]["label"] is not None:
             batch["labels"] = torch.tensor([e["label"] for e in examples])
@@ -353,8 +399,10 @@ class PairCollator:
         width = max(len(e["input_ids"]) for e in examples)
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        batch = {"input_ids": torch.full((len(examples), width), self.tokenizer.pad_token_id),
-                 "attention_mask": torch.zeros(len(examples), width, dtype=torch.long)}
+        batch = {
+            "input_ids": torch.full((len(examples), width), self.tokenizer.pad_token_id),
+            "attention_mask": torch.zeros(len(examples), width, dtype=torch.long),
+        }
         if "token_type_ids" in examples[0]:
             batch["token_type_ids"] = torch.zeros(len(examples), width, dtype=torch.long)
         for i, e in enumerate(examples):

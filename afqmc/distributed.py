@@ -1,5 +1,6 @@
 """Data parallelism under torchrun: the process group from torchrun's environment, and collectives
 that are no-ops in a single process, so the training loop reads the same either way."""
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,9 @@ def init(device_type: str) -> torch.device | None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
+        )
     return device
 
 

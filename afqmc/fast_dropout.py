@@ -7,6 +7,7 @@ mask element costs 16 random bits (four from each 64-bit draw), and attention ru
 that mask. The keep probability is p rounded to 1/65536; the generator is torch's default one, so
 seeding and resuming work as before.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Classification metrics from predictions, in plain torch (no scikit-learn needed)."""
+
 import torch
 
 

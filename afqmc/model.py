@@ -1,4 +1,5 @@
 """BertForPairwiseCLS: a BERT encoder, a pooled pair vector, dropout and a linear head."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer, BertModel, BertPreTrainedModel
@@ -107,7 +107,8 @@ def _custom_code_refused(checkpoint: str) -> ModelLoadError:
 
 @contextmanager
 def _loading(checkpoint: str):
-    """Loading errors (a missing file, a malformed name, refused custom code) as one ModelLoadError naming model.checkpoint."""
+    """Loading errors (a missing file, a malformed name, refused custom code) as one ModelLoadError
+    naming model.checkpoint."""
     try:
         yield
     except (OSError, ValueError) as e:
@@ -139,8 +140,10 @@ def max_length_fits(cfg) -> None:
     device-side assert) in the first batch that long, after the whole setup."""
     limit = max_positions(cfg.model)
     if limit is not None and cfg.dataset.max_length > limit:
-        raise ConfigError(f"dataset.max_length={cfg.dataset.max_length} is invalid; expected an integer <= {limit}, "
-                          f"the max_position_embeddings of model.checkpoint={cfg.model.checkpoint!r}")
+        raise ConfigError(
+            f"dataset.max_length={cfg.dataset.max_length} is invalid; expected an integer <= {limit}, "
+            f"the max_position_embeddings of model.checkpoint={cfg.model.checkpoint!r}"
+        )
 
 
 def load_tokenizer(checkpoint: str, do_lower_case: bool | None = None, trust_remote_code: bool = False, **kwargs):
@@ -166,12 +169,20 @@ def build_model(cfg, label_names: list[str]):
         )
         config.pooling = cfg.pooling  # set after loading: from_pretrained drops keys BertConfig lacks
         if config.model_type != "bert":
-            raise ConfigError(f"model.checkpoint={cfg.checkpoint!r} is a {config.model_type!r} model; model.name=bert_pair_cls needs a BERT encoder")
+            raise ConfigError(
+                f"model.checkpoint={cfg.checkpoint!r} is a {config.model_type!r} model; "
+                "model.name=bert_pair_cls needs a BERT encoder"
+            )
         if cfg.pretrained:
             model = BertForPairwiseCLS.from_pretrained(cfg.checkpoint, config=config, **where)
         else:
             model = BertForPairwiseCLS(config)
         tokenizer = load_tokenizer(cfg.checkpoint, cfg.do_lower_case, **where)
-    log.info("model: %s (%s, %.1fM parameters, %s pooling)", cfg.checkpoint,
-             "pretrained" if cfg.pretrained else "random init", sum(p.numel() for p in model.parameters()) / 1e6, cfg.pooling)
+    log.info(
+        "model: %s (%s, %.1fM parameters, %s pooling)",
+        cfg.checkpoint,
+        "pretrained" if cfg.pretrained else "random init",
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        cfg.pooling,
+    )
     return model, tokenizer

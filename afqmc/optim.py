@@ -1,8 +1,13 @@
 """Optimizers and learning-rate schedules, each registered under the name its YAML gives."""
+
 from __future__ import annotations
 
 import torch
-from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
 
 from .errors import ConfigError
 from .registry import OPTIMIZERS, SCHEDULERS
@@ -10,9 +15,15 @@ from .schema import Key
 
 # The keys of each YAML (afqmc/schema.py), checked before anything loads.
 DECAYED = {"lr": Key(float, above=0), "weight_decay": Key(float, min=0)}
-ADAMW_KEYS = {**DECAYED, "eps": Key(float, above=0), "betas": Key(
-    list, rule=lambda b: len(b) == 2 and all(Key(float, min=0, below=1).accepts(x) for x in b),
-    says="two numbers >= 0 and < 1, e.g. [0.9, 0.999]")}
+ADAMW_KEYS = {
+    **DECAYED,
+    "eps": Key(float, above=0),
+    "betas": Key(
+        list,
+        rule=lambda b: len(b) == 2 and all(Key(float, min=0, below=1).accepts(x) for x in b),
+        says="two numbers >= 0 and < 1, e.g. [0.9, 0.999]",
+    ),
+}
 SGD_KEYS = {**DECAYED, "momentum": Key(float, min=0, below=1), "nesterov": Key(bool)}
 WARMUP_KEYS = {"warmup_ratio": Key(float, min=0, max=1), "warmup_steps": Key(int, null=True, min=0)}
 
@@ -38,7 +49,9 @@ def build_adamw(cfg, model):
 def nesterov_needs_momentum(cfg) -> None:
     """Checked with the schema: torch would only say so (a bare ValueError) once the model is loaded."""
     if cfg.optimizer.nesterov and not cfg.optimizer.momentum:
-        raise ConfigError(f"optimizer.nesterov=true needs optimizer.momentum > 0; got optimizer.momentum={cfg.optimizer.momentum}")
+        raise ConfigError(
+            f"optimizer.nesterov=true needs optimizer.momentum > 0; got optimizer.momentum={cfg.optimizer.momentum}"
+        )
 
 
 @OPTIMIZERS.register("sgd", schema=SGD_KEYS, check=nesterov_needs_momentum)

@@ -6,6 +6,7 @@
 --file reads JSON lines with sentence1/sentence2 (other names: --text-a/--text-b) and writes one
 {"id", "label", "probability"} per line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,9 @@ class Predictor:
         out = []
         for i in range(0, len(pairs), batch_size):
             a, b = zip(*pairs[i : i + batch_size])
-            batch = self.tokenizer(list(a), list(b), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            batch = self.tokenizer(
+                list(a), list(b), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
             probs = self.model(**batch.to(self.device)).logits.float().softmax(-1)
             p, idx = probs.max(-1)
             out += [(self.model.config.id2label[j], q) for j, q in zip(idx.tolist(), p.tolist())]
@@ -42,7 +45,9 @@ class Predictor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m afqmc.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m afqmc.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("checkpoint", help="a checkpoints/best directory of a run")
     ap.add_argument("pair", nargs="*", help="sentence1 sentence2")
     ap.add_argument("--file", help="JSON lines of pairs to classify")
@@ -52,14 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-length", type=int, default=128)
     args = ap.parse_args(argv)
     if bool(args.file) == bool(args.pair) or (args.pair and len(args.pair) != 2):
-        ap.error('give either two sentences or --file FILE')
+        ap.error("give either two sentences or --file FILE")
     try:
         predictor = Predictor(args.checkpoint, args.max_length)
         if args.pair:
             label, prob = predictor([tuple(args.pair)])[0]
             print(f"label {label} probability {prob:.4f}")
             return 0
-        cfg = OmegaConf.create({"format": "jsonl", "label_map": {}, "columns": {"text_a": args.text_a, "text_b": args.text_b, "id": "id"}})
+        cfg = OmegaConf.create(
+            {"format": "jsonl", "label_map": {}, "columns": {"text_a": args.text_a, "text_b": args.text_b, "id": "id"}}
+        )
         examples = list(read_examples(Path(args.file), cfg, labeled=False))
         results = predictor([(e["text_a"], e["text_b"]) for e in examples])
         text = "".join(

@@ -10,10 +10,12 @@ A component may also declare its YAML's keys, `register("lion", schema={"lr": Ke
 Without a schema, only the name is checked and the other keys pass through as they are.
 `check=fn` adds a test of the whole config that one group's keys cannot express, fn(cfg) raising ConfigError.
 """
+
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .errors import ConfigError
 
@@ -41,9 +43,7 @@ class Registry:
     def get(self, name: str) -> Callable[..., Any]:
         _import_components()
         if name not in self._items:
-            raise ConfigError(
-                f"{self.key}={name!r} is not registered; registered: {', '.join(sorted(self._items))}"
-            )
+            raise ConfigError(f"{self.key}={name!r} is not registered; registered: {', '.join(sorted(self._items))}")
         return self._items[name]
 
     def schema(self, name: str) -> dict | None:

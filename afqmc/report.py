@@ -7,6 +7,7 @@ Writes into DIR:
   curves.png  the dev metric per epoch of every run (from metrics.jsonl)
 The Hydra callback in afqmc/callbacks.py calls write_report() on the sweep directory when a multirun ends.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,16 @@ from .runs import Run, find_runs, load_run
 
 SEED_KEY = "trainer.seed"
 METRICS = ("accuracy", "f1_macro", "f1_pos")  # dev metrics in the tables
-COLUMNS = ["run", "status", "overrides", "best_epoch", *(f"dev_{m}" for m in METRICS),
-           "train_seconds", "samples_per_second", "error"]
+COLUMNS = [
+    "run",
+    "status",
+    "overrides",
+    "best_epoch",
+    *(f"dev_{m}" for m in METRICS),
+    "train_seconds",
+    "samples_per_second",
+    "error",
+]
 
 
 def override_key(override: str) -> str:
@@ -137,8 +146,15 @@ def cell(text) -> str:
 
 def markdown(root: Path, runs: list[Run], rows: list[dict], metric: str, has_curves: bool) -> str:
     common, diffs = varying(runs)
-    out = [f"# Report: {root.resolve()}", "", *optuna_section(root), *runs_section(root, runs, rows, diffs, common, metric),
-           *seeds_section(runs, common), "## Dev curves", ""]
+    out = [
+        f"# Report: {root.resolve()}",
+        "",
+        *optuna_section(root),
+        *runs_section(root, runs, rows, diffs, common, metric),
+        *seeds_section(runs, common),
+        "## Dev curves",
+        "",
+    ]
     out.append("![dev curves](curves.png)" if has_curves else f"No run has dev {metric} records in metrics.jsonl.")
     return "\n".join(out) + "\n"
 
@@ -151,9 +167,14 @@ def optuna_section(root: Path) -> list[str]:
     return ["## Optuna search", "", f"- best value: **{optuna['best_value']:.4f}**", f"- best params: {params}", ""]
 
 
-def runs_section(root: Path, runs: list[Run], rows: list[dict], diffs: list[list[str]], common: list[str], metric: str) -> list[str]:
-    counts = ", ".join(f"{sum(r.status == s for r in runs)} {s}" for s in ("completed", "failed", "interrupted")
-                       if s != "interrupted" or any(r.status == s for r in runs))
+def runs_section(
+    root: Path, runs: list[Run], rows: list[dict], diffs: list[list[str]], common: list[str], metric: str
+) -> list[str]:
+    counts = ", ".join(
+        f"{sum(r.status == s for r in runs)} {s}"
+        for s in ("completed", "failed", "interrupted")
+        if s != "interrupted" or any(r.status == s for r in runs)
+    )
     out = ["## Runs", "", f"{len(runs)} runs, {counts}."]
     done = [r for r in runs if r.status == "completed" and r.get("dev", metric) is not None]
     if done:
@@ -164,9 +185,16 @@ def runs_section(root: Path, runs: list[Run], rows: list[dict], diffs: list[list
     header = ["run", "status", "overrides", "best epoch", *METRICS, "train s", "samples/s", "error"]
     out += ["", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row, diff in zip(rows, diffs):
-        cells = [row["run"], row["status"], " ".join(short(o) for o in diff), row["best_epoch"],
-                 *(num(row[f"dev_{m}"]) for m in METRICS), num(row["train_seconds"], 1),
-                 num(row["samples_per_second"], 1), row["error"]]
+        cells = [
+            row["run"],
+            row["status"],
+            " ".join(short(o) for o in diff),
+            row["best_epoch"],
+            *(num(row[f"dev_{m}"]) for m in METRICS),
+            num(row["train_seconds"], 1),
+            num(row["samples_per_second"], 1),
+            row["error"],
+        ]
         out.append("| " + " | ".join(cell(c) for c in cells) + " |")
     return out + [""]
 
@@ -175,9 +203,12 @@ def seeds_section(runs: list[Run], common: list[str]) -> list[str]:
     groups = seed_groups(runs)
     if not groups:
         return []
-    out = [f"## Mean ± std over seeds ({SEED_KEY})", "",
-           "| runs differing only by the seed | seeds | completed | " + " | ".join(METRICS) + " |",
-           "|" + " --- |" * (3 + len(METRICS))]
+    out = [
+        f"## Mean ± std over seeds ({SEED_KEY})",
+        "",
+        "| runs differing only by the seed | seeds | completed | " + " | ".join(METRICS) + " |",
+        "|" + " --- |" * (3 + len(METRICS)),
+    ]
     for key, members in groups:
         ok = [r for r in members if r.status == "completed"]
         seeds = [o.split("=", 1)[1] for r in members for o in r.overrides if override_key(o) == SEED_KEY] or ["default"]
@@ -212,13 +243,18 @@ def write_report(root, metric: str | None = None) -> Path:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m afqmc.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", type=Path, help="a sweep directory, or any directory with run directories below it")
-    parser.add_argument("--metric", help="dev metric for curves.png and the best run (default: the runs' trainer.metric)")
+    parser.add_argument(
+        "--metric", help="dev metric for curves.png and the best run (default: the runs' trainer.metric)"
+    )
     args = parser.parse_args(argv)
     try:
         path = write_report(args.dir, args.metric)
     except FileNotFoundError as e:
         sys.exit(f"afqmc.report: {e}")
-    print(f"wrote {path}, {path.with_suffix('.csv')}" + (f", {path.parent / 'curves.png'}" if (path.parent / "curves.png").exists() else ""))
+    print(
+        f"wrote {path}, {path.with_suffix('.csv')}"
+        + (f", {path.parent / 'curves.png'}" if (path.parent / "curves.png").exists() else "")
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ know nothing of training: random number generator states, the config a run was s
 where a checkpoint directory is after a crash. Everything here is tensors and plain containers, so
 that the state loads with torch.load(..., weights_only=True): reading a checkpoint runs no code.
 """
+
 from __future__ import annotations
 
 import random
@@ -17,7 +18,13 @@ from omegaconf import OmegaConf
 LAST = Path("checkpoints") / "last"
 STATE = "state.pt"  # in checkpoints/last, beside the model's safetensors
 # Keys that may differ between a run and its resumption: they change nothing of the trajectory.
-FREE_KEYS = {"trainer.resume", "trainer.save_every_steps", "trainer.num_workers", "trainer.predict", "trainer.cpu_threads"}
+FREE_KEYS = {
+    "trainer.resume",
+    "trainer.save_every_steps",
+    "trainer.num_workers",
+    "trainer.predict",
+    "trainer.cpu_threads",
+}
 
 
 def rng_state(device: torch.device) -> dict:

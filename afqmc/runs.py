@@ -4,6 +4,7 @@ A run directory is one holding `.hydra/overrides.yaml` (Hydra writes it before t
 a run that crashed before writing anything else is still found, and reported as failed.
 Light on purpose (no torch, no matplotlib): run.py imports it to record a failure.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ def write_failed_summary(run_dir, exc: BaseException, status: str = "failed") ->
     path = Path(run_dir) / SUMMARY
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")  # temp file + rename: a reader never sees half a file
-    tmp.write_text(json.dumps({"status": status, "error": error_line(exc)}, ensure_ascii=False, indent=2) + "\n",
-                   encoding="utf-8")
+    tmp.write_text(
+        json.dumps({"status": status, "error": error_line(exc)}, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
     tmp.replace(path)
 
 

@@ -3,6 +3,7 @@
 AFQMC pairs are short (about 29 tokens on average, 146 at most), so random batches padded to their
 longest member waste much of the compute on padding; batches of similar lengths waste little.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,16 @@ class TrainBatchSampler(Sampler[list[int]]):
     order), padding nearly goes. This is the Trainer's group_by_length scheme.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool = True,
-                 mega_batches: int = 50, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        seed: int,
+        group_by_length: bool = True,
+        mega_batches: int = 50,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.lengths, self.batch_size, self.seed = torch.tensor(lengths), batch_size, seed
         self.group_by_length, self.mega = group_by_length, mega_batches * batch_size
         self.rank, self.world = rank, world
@@ -67,12 +76,17 @@ def split_by_length(batch: dict, min_saving: float | None, max_pieces: int = 4) 
     cuts, enough = [0, n], min_saving * n * lengths[0] if min_saving is not None else float("inf")
     while len(cuts) - 1 < max_pieces:
         # cutting [a, b) (longest first) at k saves (b - k) * (lengths[a] - lengths[k]) padded tokens
-        saving, cut = max(((b - k) * (lengths[a] - lengths[k]), k)
-                          for a, b in zip(cuts, cuts[1:]) for k in range(a + 1, b)) if n > 1 else (0, 0)
+        saving, cut = (
+            max(((b - k) * (lengths[a] - lengths[k]), k) for a, b in zip(cuts, cuts[1:]) for k in range(a + 1, b))
+            if n > 1
+            else (0, 0)
+        )
         if saving < enough:
             break
         cuts = sorted(cuts + [cut])
     if len(cuts) == 2:
         return [batch]
-    return [{k: v[order[a:b]][:, : lengths[a]] if v.dim() == 2 else v[order[a:b]] for k, v in batch.items()}
-            for a, b in zip(cuts, cuts[1:])]
+    return [
+        {k: v[order[a:b]][:, : lengths[a]] if v.dim() == 2 else v[order[a:b]] for k, v in batch.items()}
+        for a, b in zip(cuts, cuts[1:])
+    ]

@@ -9,13 +9,15 @@ Why not Hydra structured configs: OmegaConf cannot express ranges (lr > 0, warmu
 errors surface inside Hydra's composition as multi-line blocks, and a dataclass per optimizer would
 repeat each YAML's keys in a second place anyway.
 """
+
 from __future__ import annotations
 
 import difflib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -24,8 +26,14 @@ from .errors import ConfigError
 from .registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS, check_names
 
 GROUPS = {registry.key.split(".")[0]: registry for registry in (DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS)}
-TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty string",
-              list: "a list", dict: "a map"}
+TYPE_NAMES = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a non-empty string",
+    list: "a list",
+    dict: "a map",
+}
 
 
 @dataclass(frozen=True)
@@ -51,8 +59,11 @@ class Key:
         elif self.keys is not None:
             text = f"a map with keys {', '.join(self.keys)}"
         else:
-            bounds = [f"{op} {_num(v)}" for op, v in ((">=", self.min), (">", self.above), ("<=", self.max),
-                                                      ("<", self.below)) if v is not None]
+            bounds = [
+                f"{op} {_num(v)}"
+                for op, v in ((">=", self.min), (">", self.above), ("<=", self.max), ("<", self.below))
+                if v is not None
+            ]
             text = " ".join([TYPE_NAMES[self.type], " and ".join(bounds)]).strip()
         return f"null or {text}" if self.null else text
 
@@ -68,9 +79,15 @@ class Key:
             return False
         if self.choices and value not in self.choices:
             return False
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and not (
-            (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
-            and (self.above is None or value > self.above) and (self.below is None or value < self.below)
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and not (
+                (self.min is None or value >= self.min)
+                and (self.max is None or value <= self.max)
+                and (self.above is None or value > self.above)
+                and (self.below is None or value < self.below)
+            )
         ):
             return False
         return self.rule is None or bool(self.rule(value))

@@ -4,6 +4,7 @@ Everything a run produces lands in its output directory:
 metrics.jsonl, summary.json, checkpoints/best/, checkpoints/last/ (to resume from),
 predictions/<task>_predict.json (run.log is Hydra's).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -69,8 +70,10 @@ def metric_fits_labels(cfg) -> None:
     """The *_pos metrics (of label 1) exist for two classes only: otherwise a KeyError after the first epoch."""
     n = len(cfg.dataset.label_map)
     if cfg.trainer.metric.endswith("_pos") and n != 2:
-        raise ConfigError(f"trainer.metric={cfg.trainer.metric!r} needs 2 labels, dataset.label_map has {n}; "
-                          "allowed: accuracy, f1_macro, loss")
+        raise ConfigError(
+            f"trainer.metric={cfg.trainer.metric!r} needs 2 labels, dataset.label_map has {n}; "
+            "allowed: accuracy, f1_macro, loss"
+        )
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -135,7 +138,9 @@ class Trainer:
 
     def _setup_device(self) -> torch.device:
         want = self.tcfg.device
-        device = torch.device("cuda" if want == "auto" and torch.cuda.is_available() else "cpu" if want == "auto" else want)
+        device = torch.device(
+            "cuda" if want == "auto" and torch.cuda.is_available() else "cpu" if want == "auto" else want
+        )
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"trainer.device={want!r} but CUDA is not available; allowed here: auto, cpu")
         device = dist.init(device.type) or device  # under torchrun: this rank's GPU
@@ -164,7 +169,9 @@ class Trainer:
     def _setup_model(self) -> None:
         label_map = self.cfg.dataset.label_map
         if sorted(label_map.values()) != list(range(len(label_map))):
-            raise ConfigError(f"dataset.label_map={dict(label_map)}: class indices must be 0..{len(label_map) - 1}, each once")
+            raise ConfigError(
+                f"dataset.label_map={dict(label_map)}: class indices must be 0..{len(label_map) - 1}, each once"
+            )
         self.label_names = [str(raw) for raw, _ in sorted(label_map.items(), key=lambda kv: kv[1])]
         self.model, self.tokenizer = MODELS.get(self.cfg.model.name)(self.cfg.model, self.label_names)
         self.model.to(self.device)
@@ -174,8 +181,11 @@ class Trainer:
         # self.infer evaluates it (never through DDP: ranks score different numbers of batches).
         self.forward = self.infer = torch.compile(self.model) if self.tcfg.compile else self.model
         if dist.world_size() > 1:  # DDP all-reduces gradients in buckets while backward still runs
-            ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                          broadcast_buffers=False)  # BERT's only buffers are constant position ids
+            ddp = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
+            )  # BERT's only buffers are constant position ids
             self.forward = torch.compile(ddp) if self.tcfg.compile else ddp
 
     def _setup_data(self) -> None:
@@ -190,8 +200,12 @@ class Trainer:
         collate = COLLATORS.get(dcfg.collate)(dcfg, self.tokenizer, multiple)
         # Each loader draws its workers' seed from a generator of its own, not from torch's global one:
         # that one then serves only dropout, and its saved state is all a resumed run needs.
-        loader = dict(collate_fn=collate, num_workers=t.num_workers, pin_memory=self.device.type == "cuda",
-                      generator=torch.Generator())
+        loader = dict(
+            collate_fn=collate,
+            num_workers=t.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator(),
+        )
         streaming = isinstance(self.train_set, StreamingPairDataset)
         for ds in (self.train_set, self.dev_set, self.test_set):
             if ds is not None and not isinstance(ds, StreamingPairDataset):
@@ -205,17 +219,24 @@ class Trainer:
             n_train = self._count(self.train_set)
             self.batches_per_epoch = math.ceil(n_train / t.batch_size)
         else:
-            self.train_sampler = TrainBatchSampler(self.train_set.lengths(), t.batch_size, t.seed, t.group_by_length, rank=rank, world=world)
+            self.train_sampler = TrainBatchSampler(
+                self.train_set.lengths(), t.batch_size, t.seed, t.group_by_length, rank=rank, world=world
+            )
             self.train_loader = DataLoader(self.train_set, batch_sampler=self.train_sampler, **loader)
             n_train = len(self.train_set)
             self.batches_per_epoch = len(self.train_sampler)
         # Each rank scores every world-th batch; _forward_all gathers them, so each pair counts once.
         self.eval_loaders = {
             split: DataLoader(ds, batch_sampler=sorted_batches(ds.lengths(), t.eval_batch_size)[rank::world], **loader)
-            for split, ds in (("dev", self.dev_set), ("test", self.test_set)) if ds is not None
+            for split, ds in (("dev", self.dev_set), ("test", self.test_set))
+            if ds is not None
         }
-        log.info("data: %d train, %d dev, %s test pairs", n_train, len(self.dev_set),
-                 len(self.test_set) if self.test_set is not None else "no")
+        log.info(
+            "data: %d train, %d dev, %s test pairs",
+            n_train,
+            len(self.dev_set),
+            len(self.test_set) if self.test_set is not None else "no",
+        )
 
     def _count(self, ds: StreamingPairDataset) -> int:
         """A streaming split has no len(); one pass over the file sizes the LR schedule."""
@@ -234,8 +255,12 @@ class Trainer:
     def fit(self) -> float:
         self._setup_run()
         if self.tcfg.resume and (summary := completed_summary(self.out)) is not None:
-            log.info("trainer.resume=true and %s completed: skipped (best %s %.4f)", self.out,
-                     summary["best"]["metric"], summary["best"]["value"])
+            log.info(
+                "trainer.resume=true and %s completed: skipped (best %s %.4f)",
+                self.out,
+                summary["best"]["metric"],
+                summary["best"]["value"],
+            )
             return summary["best"]["value"]
         self._setup_training()
         with ctrl_c_flag() as self.ctrl_c:
@@ -256,8 +281,14 @@ class Trainer:
             elif done:  # streaming, in file order: the loader reads the batches done again, and they are dropped
                 batches = islice(batches, done, None)
             start = time.perf_counter()
-            bar = tqdm(batches, desc=f"epoch {epoch}/{t.epochs}", total=self.batches_per_epoch, initial=done,
-                       disable=not show_bar, dynamic_ncols=True)
+            bar = tqdm(
+                batches,
+                desc=f"epoch {epoch}/{t.epochs}",
+                total=self.batches_per_epoch,
+                initial=done,
+                disable=not show_bar,
+                dynamic_ncols=True,
+            )
             for i, batch in enumerate(bar, start=done):
                 batch.pop("index")
                 stepping = (i + 1) % t.grad_accum_steps == 0 or i + 1 == self.batches_per_epoch
@@ -277,16 +308,31 @@ class Trainer:
                 self.step += 1
                 if self.step % t.log_every == 0:
                     lr = self.scheduler.get_last_lr()[0]
-                    record = {"type": "train", "epoch": epoch, "step": self.step, "loss": dist.mean(running).item(), "lr": lr}
+                    record = {
+                        "type": "train",
+                        "epoch": epoch,
+                        "step": self.step,
+                        "loss": dist.mean(running).item(),
+                        "lr": lr,
+                    }
                     self._log(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
                     if not show_bar:
-                        log.info("epoch %d step %d/%d loss %.4f lr %.2e", epoch, self.step, self.total_steps, record["loss"], lr)
+                        log.info(
+                            "epoch %d step %d/%d loss %.4f lr %.2e",
+                            epoch,
+                            self.step,
+                            self.total_steps,
+                            record["loss"],
+                            lr,
+                        )
                     self._check_finite(record["loss"], epoch, weights=False)
                 if self._stop_requested(logged=self.step % t.log_every == 0):
                     self._save_last(epoch, i + 1, running)
-                    raise Interrupted(f"Ctrl-C at epoch {epoch}, step {self.step}: saved {self.out / LAST}; "
-                                      f"go on with: python run.py hydra.run.dir={self.out} trainer.resume=true")
+                    raise Interrupted(
+                        f"Ctrl-C at epoch {epoch}, step {self.step}: saved {self.out / LAST}; "
+                        f"go on with: python run.py hydra.run.dir={self.out} trainer.resume=true"
+                    )
                 if self.step >= self.total_steps:
                     break
                 if t.save_every_steps and self.step % t.save_every_steps == 0 and i + 1 < self.batches_per_epoch:
@@ -329,8 +375,10 @@ class Trainer:
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise TrainingError(
                 f"training diverged at epoch {epoch}, step {self.step}: running loss {loss:.4g}"
-                + (f", weights' norm {norm:.4g}" if weights else "") + "; the checkpoints already written are from "
-                "before it. Try a lower optimizer.lr, trainer.max_grad_norm (clipping) or trainer.precision=fp32")
+                + (f", weights' norm {norm:.4g}" if weights else "")
+                + "; the checkpoints already written are from "
+                "before it. Try a lower optimizer.lr, trainer.max_grad_norm (clipping) or trainer.precision=fp32"
+            )
 
     def _stop_requested(self, logged: bool) -> bool:
         """Ctrl-C was pressed. torchrun's ranks may see it a step apart: they agree at log steps."""
@@ -385,7 +433,12 @@ class Trainer:
         tmp = path.with_name(f".{path.name}.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             for i, pred in zip(indices.tolist(), logits.argmax(-1).tolist()):
-                f.write(json.dumps({"id": self.test_set.examples[i]["id"], "label": self.label_names[pred]}, ensure_ascii=False) + "\n")
+                f.write(
+                    json.dumps(
+                        {"id": self.test_set.examples[i]["id"], "label": self.label_names[pred]}, ensure_ascii=False
+                    )
+                    + "\n"
+                )
         tmp.replace(path)
         return path
 
@@ -394,7 +447,11 @@ class Trainer:
         """Counters and best so far, fresh or from checkpoints/last; returns where training goes on:
         (epoch, batches of it already done, the running loss)."""
         state = self.resumed or {}
-        self.step, self.samples, self.train_seconds = state.get("step", 0), state.get("samples", 0), state.get("train_seconds", 0.0)
+        self.step, self.samples, self.train_seconds = (
+            state.get("step", 0),
+            state.get("samples", 0),
+            state.get("train_seconds", 0.0),
+        )
         self.best = state.get("best")  # {"epoch", "metric", "value"}
         self.best_dev, self.best_step = state.get("best_dev"), state.get("best_step")
         running = state.get("running_loss")
@@ -408,12 +465,21 @@ class Trainer:
         if not dist.is_main():
             return
         state = {
-            "epoch": epoch, "batch": batch, "step": self.step, "samples": self.samples, "train_seconds": self.train_seconds,
-            "best": self.best, "best_dev": self.best_dev, "best_step": self.best_step,
+            "epoch": epoch,
+            "batch": batch,
+            "step": self.step,
+            "samples": self.samples,
+            "train_seconds": self.train_seconds,
+            "best": self.best,
+            "best_dev": self.best_dev,
+            "best_step": self.best_step,
             "running_loss": None if running is None else running.detach().cpu(),
             "metrics_offset": self.metrics_file.tell(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "rng": rngs, "config": config_snapshot(self.cfg),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rngs,
+            "config": config_snapshot(self.cfg),
         }
         self.save(self.out / LAST, state)
 
@@ -428,8 +494,10 @@ class Trainer:
         if len(state["rng"]) != dist.world_size():  # each rank has its share of the batches: another split of them
             changes.append(f"processes: {len(state['rng'])} -> {dist.world_size()}")
         if changes:  # the same batches and steps would mean another run: give the run's own overrides
-            raise ConfigError(f"trainer.resume=true, but the config differs from the one {path} was written with: "
-                              f"{'; '.join(changes)}. Resume with the overrides the run was started with")
+            raise ConfigError(
+                f"trainer.resume=true, but the config differs from the one {path} was written with: "
+                f"{'; '.join(changes)}. Resume with the overrides the run was started with"
+            )
         self.model.load_state_dict(BertForPairwiseCLS.from_pretrained(path).state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -486,8 +554,13 @@ class Trainer:
             "global_batch_size": self.tcfg.batch_size * self.tcfg.grad_accum_steps * dist.world_size(),
         }
         write_json_atomic(self.out / "summary.json", summary)
-        log.info("best %s %.4f (epoch %d); dev with best checkpoint: %s", self.best["metric"], self.best["value"],
-                 self.best["epoch"], " ".join(f"{k} {v:.4f}" for k, v in dev.items()))
+        log.info(
+            "best %s %.4f (epoch %d); dev with best checkpoint: %s",
+            self.best["metric"],
+            self.best["value"],
+            self.best["epoch"],
+            " ".join(f"{k} {v:.4f}" for k, v in dev.items()),
+        )
         self.metrics_file.close()
         return self.best["value"]
 

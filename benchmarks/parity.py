@@ -5,6 +5,7 @@ hyper-parameters on the full train split; both are scored on the full dev split.
 
 Takes tens of minutes per loop on a CPU: run it in the background.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,11 @@ def main() -> None:
     ap.add_argument("--pooling", default="mean", choices=["cls", "mean"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="run directory for this framework's run (default: a temp dir)")
-    ap.add_argument("--only", choices=["afqmc", "trainer"], help="run one side (run both sides at once, each with OMP_NUM_THREADS=1)")
+    ap.add_argument(
+        "--only",
+        choices=["afqmc", "trainer"],
+        help="run one side (run both sides at once, each with OMP_NUM_THREADS=1)",
+    )
     args = ap.parse_args()
     args.samples, args.pretrained, args.bf16, args.eval = None, True, False, True
     if args.only != "trainer":
@@ -41,14 +46,27 @@ def main() -> None:
 
 def run_ours(args) -> None:
     out = args.out or tempfile.mkdtemp(prefix="parity-")
-    cmd = [sys.executable, str(ROOT / "run.py"), f"dataset.root={args.data}", f"model.checkpoint={args.model}",
-           f"model.pooling={args.pooling}", f"optimizer.lr={args.lr}", f"trainer.epochs={args.epochs}",
-           f"trainer.batch_size={args.batch_size}", f"dataset.max_length={args.max_length}", f"trainer.seed={args.seed}",
-           f"trainer.device={args.device}", "trainer.predict=false", f"hydra.run.dir={out}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        f"dataset.root={args.data}",
+        f"model.checkpoint={args.model}",
+        f"model.pooling={args.pooling}",
+        f"optimizer.lr={args.lr}",
+        f"trainer.epochs={args.epochs}",
+        f"trainer.batch_size={args.batch_size}",
+        f"dataset.max_length={args.max_length}",
+        f"trainer.seed={args.seed}",
+        f"trainer.device={args.device}",
+        "trainer.predict=false",
+        f"hydra.run.dir={out}",
+    ]
     print("afqmc:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
     ours = json.loads((Path(out) / "summary.json").read_text())
-    print("afqmc  dev", json.dumps(ours["dev"]), f"train {ours['train']['samples_per_second']:.1f} samples/s", flush=True)
+    print(
+        "afqmc  dev", json.dumps(ours["dev"]), f"train {ours['train']['samples_per_second']:.1f} samples/s", flush=True
+    )
 
 
 def run_trainer(args) -> None:
@@ -56,7 +74,12 @@ def run_trainer(args) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         theirs = hf_trainer(args, tmp, pad_to_max=False)
-    print("Trainer dev", json.dumps(theirs["dev"]), f"train {theirs['samples'] / theirs['seconds']:.1f} samples/s", flush=True)
+    print(
+        "Trainer dev",
+        json.dumps(theirs["dev"]),
+        f"train {theirs['samples'] / theirs['seconds']:.1f} samples/s",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
   max_length) or with dynamic padding + train_sampling_strategy="group_by_length".
 - classic_loop: the hand-written notebook loop (random batches, tokenized and padded per batch).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,20 +45,42 @@ def hf_trainer(args, out_dir: str, pad_to_max: bool) -> dict:
     padding = "max_length" if pad_to_max else False
 
     def encode(rows):
-        enc = tok([r["sentence1"] for r in rows], [r["sentence2"] for r in rows], truncation=True,
-                  max_length=args.max_length, padding=padding)
+        enc = tok(
+            [r["sentence1"] for r in rows],
+            [r["sentence2"] for r in rows],
+            truncation=True,
+            max_length=args.max_length,
+            padding=padding,
+        )
         return [{**{k: v[i] for k, v in enc.items()}, "labels": int(rows[i]["label"])} for i in range(len(rows))]
 
     train = encode(load_pairs(args.data, "train", args.samples))
     training_args = TrainingArguments(
-        output_dir=out_dir, per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=128,
-        num_train_epochs=args.epochs, learning_rate=args.lr, weight_decay=0.01, warmup_steps=0.1,
-        lr_scheduler_type="linear", max_grad_norm=1.0, seed=args.seed, report_to="none", save_strategy="no",
-        eval_strategy="no", logging_steps=50, use_cpu=args.device == "cpu", bf16=args.bf16, disable_tqdm=True,
+        output_dir=out_dir,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=128,
+        num_train_epochs=args.epochs,
+        learning_rate=args.lr,
+        weight_decay=0.01,
+        warmup_steps=0.1,
+        lr_scheduler_type="linear",
+        max_grad_norm=1.0,
+        seed=args.seed,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=50,
+        use_cpu=args.device == "cpu",
+        bf16=args.bf16,
+        disable_tqdm=True,
         train_sampling_strategy="random" if pad_to_max else "group_by_length",
     )
-    trainer = Trainer(model=model, args=training_args, train_dataset=train,
-                      data_collator=DataCollatorWithPadding(tok, pad_to_multiple_of=8 if args.device != "cpu" else None))
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        data_collator=DataCollatorWithPadding(tok, pad_to_multiple_of=8 if args.device != "cpu" else None),
+    )
     start = time.perf_counter()
     trainer.train()
     if args.device != "cpu":
@@ -75,9 +98,22 @@ def classic_loop(args) -> dict:
     set_seed(args.seed)
     model, tok = load_model(args.model, args.pooling, args.pretrained, args.device)
     rows = load_pairs(args.data, "train", args.samples)
-    loader = torch.utils.data.DataLoader(rows, batch_size=args.batch_size, shuffle=True, collate_fn=lambda b: (
-        tok([r["sentence1"] for r in b], [r["sentence2"] for r in b], padding=True, truncation=True,
-            max_length=args.max_length, return_tensors="pt"), torch.tensor([int(r["label"]) for r in b])))
+    loader = torch.utils.data.DataLoader(
+        rows,
+        batch_size=args.batch_size,
+        shuffle=True,
+        collate_fn=lambda b: (
+            tok(
+                [r["sentence1"] for r in b],
+                [r["sentence2"] for r in b],
+                padding=True,
+                truncation=True,
+                max_length=args.max_length,
+                return_tensors="pt",
+            ),
+            torch.tensor([int(r["label"]) for r in b]),
+        ),
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     steps = len(loader) * args.epochs
     sched = get_linear_schedule_with_warmup(opt, math.ceil(0.1 * steps), steps)

@@ -7,6 +7,7 @@ model loading, reading and tokenizing train, dev and test, one optimizer step), 
 time of the first record in its metrics.jsonl, and stops the run there. Also prints where the time
 went, from the run's log.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,14 +32,23 @@ def main() -> None:
     args = ap.parse_args()
     for i in range(args.repeat):
         with tempfile.TemporaryDirectory() as out:
-            cmd = [sys.executable, str(ROOT / "run.py"), f"dataset.root={args.data}", f"model.checkpoint={args.model}",
-                   "trainer.log_every=1", f"trainer.device={args.device}", f"hydra.run.dir={out}"]
+            cmd = [
+                sys.executable,
+                str(ROOT / "run.py"),
+                f"dataset.root={args.data}",
+                f"model.checkpoint={args.model}",
+                "trainer.log_every=1",
+                f"trainer.device={args.device}",
+                f"hydra.run.dir={out}",
+            ]
             start = time.time()
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             metrics = Path(out) / "metrics.jsonl"
             while not (metrics.exists() and metrics.read_text().count("\n")):
                 if proc.poll() is not None:
-                    sys.exit(f"run.py exited with {proc.returncode} before its first step:\n{proc.stderr.read()[-3000:]}")
+                    sys.exit(
+                        f"run.py exited with {proc.returncode} before its first step:\n{proc.stderr.read()[-3000:]}"
+                    )
                 time.sleep(0.05)
             proc.kill()
             proc.wait()

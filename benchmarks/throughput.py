@@ -6,6 +6,7 @@ Each loop trains the same model class on the same first N train pairs with the s
 learning rate and seed, in a fresh child process, one after another; each reports training
 samples/s (training steps only: no loading, no evaluation) and its process's peak memory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,11 +35,21 @@ def run_ours(args, out_dir: str) -> dict:
     from afqmc.trainer import Trainer
 
     overrides = [
-        f"dataset.root={args.data}", f"model.checkpoint={args.model}", f"model.pretrained={str(args.pretrained).lower()}",
-        f"model.pooling={args.pooling}", f"dataset.max_train_samples={args.samples}", "dataset.max_eval_samples=64",
-        f"dataset.max_length={args.max_length}", f"trainer.epochs={args.epochs}", f"trainer.batch_size={args.batch_size}",
-        f"trainer.seed={args.seed}", "trainer.predict=false", f"trainer.device={args.device}",
-        f"trainer.precision={'bf16' if args.bf16 else 'fp32'}", f"trainer.compile={str(args.compile).lower()}", f"optimizer.lr={args.lr}",
+        f"dataset.root={args.data}",
+        f"model.checkpoint={args.model}",
+        f"model.pretrained={str(args.pretrained).lower()}",
+        f"model.pooling={args.pooling}",
+        f"dataset.max_train_samples={args.samples}",
+        "dataset.max_eval_samples=64",
+        f"dataset.max_length={args.max_length}",
+        f"trainer.epochs={args.epochs}",
+        f"trainer.batch_size={args.batch_size}",
+        f"trainer.seed={args.seed}",
+        "trainer.predict=false",
+        f"trainer.device={args.device}",
+        f"trainer.precision={'bf16' if args.bf16 else 'fp32'}",
+        f"trainer.compile={str(args.compile).lower()}",
+        f"optimizer.lr={args.lr}",
         *args.set,
     ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -80,9 +91,17 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast in every loop that has it")
     ap.add_argument("--compile", action="store_true", help="torch.compile in this framework")
-    ap.add_argument("--random", dest="pretrained", action="store_false", help="random weights from the config (speed only)")
+    ap.add_argument(
+        "--random", dest="pretrained", action="store_false", help="random weights from the config (speed only)"
+    )
     ap.add_argument("--pooling", default="cls", choices=["cls", "mean"])
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for this framework's run (repeatable), e.g. trainer.fast_dropout=false")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override for this framework's run (repeatable), e.g. trainer.fast_dropout=false",
+    )
     ap.add_argument("--repeat", type=int, default=1, help="rounds of all loops; the medians are compared")
     ap.add_argument("--loops", default=",".join(LOOPS), help=f"comma-separated subset of {','.join(LOOPS)}")
     ap.add_argument("--eval", action="store_true", help=argparse.SUPPRESS)
@@ -95,18 +114,25 @@ def main() -> None:
         for name, results in runs.items():
             cmd = [sys.executable, __file__, "--one", name, *sys.argv[1:]]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode or not line:
                 print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
                 continue
             results.append(r := json.loads(line[-1][7:]))
             r["sps"] = r["samples"] / r["seconds"]
-            print(f"{name:16s} {r['sps']:8.1f} samples/s  peak {r['peak_mib']:8.0f} MiB  ({LOOPS[name]}, round {round_ + 1})", flush=True)
+            print(
+                f"{name:16s} {r['sps']:8.1f} samples/s  peak {r['peak_mib']:8.0f} MiB  "
+                f"({LOOPS[name]}, round {round_ + 1})",
+                flush=True,
+            )
     sps = {name: statistics.median(r["sps"] for r in results) for name, results in runs.items() if results}
     if args.repeat > 1:
-        print("\nmedian of %d rounds: " % args.repeat + ", ".join(f"{name} {v:.1f}" for name, v in sps.items()))
+        print(f"\nmedian of {args.repeat} rounds: " + ", ".join(f"{name} {v:.1f}" for name, v in sps.items()))
     if "afqmc" in sps:
-        print("afqmc speed-up: " + ", ".join(f"{sps['afqmc'] / v:.2f}x {name}" for name, v in sps.items() if name != "afqmc"))
+        print(
+            "afqmc speed-up: "
+            + ", ".join(f"{sps['afqmc'] / v:.2f}x {name}" for name, v in sps.items() if name != "afqmc")
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny data sets and a tiny BERT written into tmp_path; nothing from the network or ../shared."""
+
 import json
 import subprocess
 import sys
@@ -26,8 +27,9 @@ def write_jsonl(path: Path, rows) -> Path:
 
 def run_py(*args, cwd=ROOT, timeout=300, env=None):
     """python run.py ARGS in a subprocess, as a user would run it."""
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.fixture
@@ -41,7 +43,10 @@ def pairs_dir(tmp_path):
     ]
     write_jsonl(tmp_path / "data" / "train.json", rows * 3)
     write_jsonl(tmp_path / "data" / "dev.json", rows)
-    write_jsonl(tmp_path / "data" / "test.json", [{"id": i + 10, "sentence1": r["sentence1"], "sentence2": r["sentence2"]} for i, r in enumerate(rows)])
+    write_jsonl(
+        tmp_path / "data" / "test.json",
+        [{"id": i + 10, "sentence1": r["sentence1"], "sentence2": r["sentence2"]} for i, r in enumerate(rows)],
+    )
     return tmp_path / "data"
 
 
@@ -54,9 +59,18 @@ def tiny_bert_dir(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("tiny-bert")
     chars = sorted(set("借呗怎么还款如何花额度余收益信用卡逾期晚支付宝开通网商贷关闭是的吗"))
-    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars]) + "\n", encoding="utf-8")
+    (path / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars]) + "\n", encoding="utf-8"
+    )
     BertTokenizer(vocab=str(path / "vocab.txt")).save_pretrained(path)
-    config = BertConfig(vocab_size=5 + len(chars), hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=2)
+    config = BertConfig(
+        vocab_size=5 + len(chars),
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
     BertForPairwiseCLS(config).save_pretrained(path)
     return path

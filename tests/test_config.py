@@ -1,4 +1,5 @@
 """Every option of every config group composes, and its component name is registered."""
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -7,8 +8,11 @@ from afqmc.registry import check_names
 
 from .conftest import CONF, compose_cfg
 
-OPTIONS = [(group, f.stem) for group in ("dataset", "model", "optimizer", "scheduler", "trainer", "experiment")
-           for f in sorted((CONF / group).glob("*.yaml"))]
+OPTIONS = [
+    (group, f.stem)
+    for group in ("dataset", "model", "optimizer", "scheduler", "trainer", "experiment")
+    for f in sorted((CONF / group).glob("*.yaml"))
+]
 
 
 def test_every_group_has_options():
@@ -43,7 +47,9 @@ def test_command_line_overrides_win_over_experiment():
     assert (cfg.optimizer.lr, cfg.trainer.epochs) == (1e-4, 2)
 
 
-@pytest.mark.parametrize("key", ["dataset.name", "dataset.collate", "model.name", "optimizer.name", "scheduler.name", "trainer.name"])
+@pytest.mark.parametrize(
+    "key", ["dataset.name", "dataset.collate", "model.name", "optimizer.name", "scheduler.name", "trainer.name"]
+)
 def test_unknown_name_lists_registered(key):
     cfg = compose_cfg([f"{key}=nope"])
     with pytest.raises(ConfigError, match=rf"{key}='nope' is not registered; registered: .+") as e:

@@ -1,4 +1,5 @@
 """Crashes lose nothing already earned: a diverged run, a Ctrl-C, a kill in the middle of a save."""
+
 import json
 import os
 import signal
@@ -25,8 +26,14 @@ def total_norm(checkpoint):
 
 def test_diverged_run_stops_with_its_step_and_keeps_finite_checkpoints(tmp_path):
     # AdamW moves each weight by about lr per step: at 1e30 the weights overflow within a few steps.
-    proc = run_py(*SMOKE, "optimizer.lr=1e30", "trainer.max_grad_norm=null", "trainer.save_every_steps=1",
-                  f"hydra.run.dir={tmp_path}", env=ENV)
+    proc = run_py(
+        *SMOKE,
+        "optimizer.lr=1e30",
+        "trainer.max_grad_norm=null",
+        "trainer.save_every_steps=1",
+        f"hydra.run.dir={tmp_path}",
+        env=ENV,
+    )
     assert proc.returncode == 1
     out = proc.stdout + proc.stderr
     assert "TrainingError: training diverged at epoch 1, step " in out and "optimizer.lr" in out
@@ -41,8 +48,14 @@ def test_diverged_run_stops_with_its_step_and_keeps_finite_checkpoints(tmp_path)
 
 def test_ctrl_c_saves_last_marks_the_summary_and_resumes(tmp_path):
     args = [*SMOKE, "trainer.epochs=1", "trainer.save_every_steps=null", f"hydra.run.dir={tmp_path}"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     metrics, deadline = tmp_path / "metrics.jsonl", time.monotonic() + 120
     while not (metrics.exists() and metrics.read_text().count("\n") >= 3):  # three steps done: mid-epoch
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
@@ -76,7 +89,8 @@ KILLED_SAVE = textwrap.dedent("""
     from afqmc.trainer import Trainer
 
     source, target, when = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
-    saver = SimpleNamespace(model=BertForPairwiseCLS.from_pretrained(source), tokenizer=AutoTokenizer.from_pretrained(source))
+    model, tokenizer = BertForPairwiseCLS.from_pretrained(source), AutoTokenizer.from_pretrained(source)
+    saver = SimpleNamespace(model=model, tokenizer=tokenizer)
     Trainer.save(saver, target, {"step": 1})
     with torch.no_grad():
         for p in saver.model.parameters():
@@ -94,8 +108,13 @@ KILLED_SAVE = textwrap.dedent("""
 @pytest.mark.parametrize("when", ["writing", "swapping"])
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path, tiny_bert_dir, when):
     last = tmp_path / "checkpoints" / "last"
-    proc = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(tiny_bert_dir), str(last), when],
-                          cwd=ROOT, capture_output=True, text=True, env=ENV)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_SAVE, str(tiny_bert_dir), str(last), when],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert find_last(tmp_path) == last  # (puts the previous copy back if the kill fell between the renames)
     assert torch.load(last / "state.pt", weights_only=True) == {"step": 1}

@@ -1,13 +1,12 @@
 """Readers, datasets, errors with file and line, collate, download with checksums."""
+
 import codecs
 import hashlib
 import json
 import tracemalloc
 import zipfile
-from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
@@ -25,7 +24,13 @@ def afqmc_cfg(root, *overrides):
 def test_afqmc_jsonl_labels_and_test_ids(pairs_dir):
     cfg = afqmc_cfg(pairs_dir)
     train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
-    assert len(train) == 12 and train[0] == {"text_a": "借呗怎么还款", "text_b": "如何还借呗", "label": 1, "id": 0, "index": 0}
+    assert len(train) == 12 and train[0] == {
+        "text_a": "借呗怎么还款",
+        "text_b": "如何还借呗",
+        "label": 1,
+        "id": 0,
+        "index": 0,
+    }
     assert [test[i]["id"] for i in range(len(test))] == [10, 11, 12, 13]
     assert all(test[i]["label"] is None for i in range(len(test)))
 
@@ -54,9 +59,16 @@ def test_other_corpus_by_yaml_only(tmp_path, fmt, sep):
     """Own column names and label values, declared in config alone."""
     lines = [sep.join(["q1", "q2", "same"]), sep.join(["你好", "您好", "yes"]), sep.join(["天气", "股票", "no"])]
     (tmp_path / f"train.{fmt}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    cfg = afqmc_cfg(tmp_path, f"dataset.format={fmt}", f"dataset.splits.train=train.{fmt}",
-                    "dataset.columns.text_a=q1", "dataset.columns.text_b=q2", "dataset.columns.label=same",
-                    "~dataset.label_map", "+dataset.label_map={no: 0, yes: 1}")
+    cfg = afqmc_cfg(
+        tmp_path,
+        f"dataset.format={fmt}",
+        f"dataset.splits.train=train.{fmt}",
+        "dataset.columns.text_a=q1",
+        "dataset.columns.text_b=q2",
+        "dataset.columns.label=same",
+        "~dataset.label_map",
+        "+dataset.label_map={no: 0, yes: 1}",
+    )
     ds = build_dataset(cfg, "train")
     assert [(e["text_a"], e["text_b"], e["label"]) for e in ds.examples] == [("你好", "您好", 1), ("天气", "股票", 0)]
 
@@ -66,11 +78,26 @@ BAD_LINES = [
     ('["a", "b", "0"]', r"train.json:2: expected a JSON object, got list"),
     ('{"sentence1": "a", "label": "0"}', r"train.json:2: missing field 'sentence2'"),
     ('{"sentence1": "a", "sentence2": "b"}', r"train.json:2: missing field 'label'"),
-    ('{"sentence1": "a", "sentence2": "b", "label": "2"}', r"train.json:2: label '2' is not in dataset.label_map \(allowed: 0, 1\)"),
-    ('{"sentence1": " ", "sentence2": "b", "label": "0"}', r"train.json:2: field 'sentence1' must be a non-empty string"),
-    ('{"sentence1": 5, "sentence2": "b", "label": "0"}', r"train.json:2: field 'sentence1' must be a non-empty string, got 5"),
-    ('{"sentence1": "\\ud800", "sentence2": "b", "label": "0"}', r"train.json:2: field 'sentence1' has an unpaired surrogate"),
-    ('{"sentence1": "a", "sentence2": "b", "label": ' + "1" * 5000 + "}", r"train.json:2: invalid JSON \(Exceeds the limit"),
+    (
+        '{"sentence1": "a", "sentence2": "b", "label": "2"}',
+        r"train.json:2: label '2' is not in dataset.label_map \(allowed: 0, 1\)",
+    ),
+    (
+        '{"sentence1": " ", "sentence2": "b", "label": "0"}',
+        r"train.json:2: field 'sentence1' must be a non-empty string",
+    ),
+    (
+        '{"sentence1": 5, "sentence2": "b", "label": "0"}',
+        r"train.json:2: field 'sentence1' must be a non-empty string, got 5",
+    ),
+    (
+        '{"sentence1": "\\ud800", "sentence2": "b", "label": "0"}',
+        r"train.json:2: field 'sentence1' has an unpaired surrogate",
+    ),
+    (
+        '{"sentence1": "a", "sentence2": "b", "label": ' + "1" * 5000 + "}",
+        r"train.json:2: invalid JSON \(Exceeds the limit",
+    ),
     ("[" * 100_000, r"train.json:2: invalid JSON \(maximum recursion depth"),
 ]
 
@@ -96,7 +123,9 @@ def test_huge_line_is_rejected_without_being_held(tmp_path):
     huge = '{"sentence1": "' + "x" * (8 << 20) + '", "sentence2": "b", "label": "1"}\n'
     (tmp_path / "train.json").write_text(good + huge + good, encoding="utf-8")
     tracemalloc.start()
-    with pytest.raises(DataError, match=rf"train.json:2: line of {len(huge):,} bytes, above dataset.max_line_bytes=1,048,576$"):
+    with pytest.raises(
+        DataError, match=rf"train.json:2: line of {len(huge):,} bytes, above dataset.max_line_bytes=1,048,576$"
+    ):
         build_dataset(afqmc_cfg(tmp_path), "train")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
@@ -108,7 +137,10 @@ def test_huge_line_is_rejected_without_being_held(tmp_path):
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_bom_and_crlf_are_accepted(tmp_path, fmt):
     if fmt == "jsonl":
-        lines = ['{"sentence1": "你好", "sentence2": "您好", "label": "1"}', '{"sentence1": "天气", "sentence2": "股票", "label": "0"}']
+        lines = [
+            '{"sentence1": "你好", "sentence2": "您好", "label": "1"}',
+            '{"sentence1": "天气", "sentence2": "股票", "label": "0"}',
+        ]
     else:
         lines = ["sentence1,sentence2,label", "你好,您好,1", "天气,股票,0"]
     (tmp_path / "train.json").write_bytes(codecs.BOM_UTF8 + "\r\n".join(lines).encode() + b"\r\n")
@@ -119,7 +151,9 @@ def test_bom_and_crlf_are_accepted(tmp_path, fmt):
 def test_csv_header_and_row_errors_name_file_and_line(tmp_path):
     path = tmp_path / "train.json"
     path.write_text("sentence1,label\n你好,1\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"train.json:1: the header has no column 'sentence2' \(columns: sentence1, label\)"):
+    with pytest.raises(
+        DataError, match=r"train.json:1: the header has no column 'sentence2' \(columns: sentence1, label\)"
+    ):
         build_dataset(afqmc_cfg(tmp_path, "dataset.format=csv"), "train")
     path.write_text("sentence1,sentence2,label\n你好,您好,1\n天气\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"train.json:3: missing field 'sentence2'"):
@@ -151,8 +185,15 @@ def test_summary_counts_skipped_lines_per_split(tmp_path, pairs_dir, tiny_bert_d
         f.write("{broken\n" + '{"sentence1": "a", "sentence2": "b", "label": "7"}\n')
     with open(pairs_dir / "test.json", "a", encoding="utf-8") as f:
         f.write('{"sentence1": "a"}\n')
-    cfg = compose_cfg([f"dataset.root={pairs_dir}", f"model.checkpoint={tiny_bert_dir}", "dataset.on_bad_line=skip",
-                       "trainer.epochs=1", "trainer.max_steps=1"])
+    cfg = compose_cfg(
+        [
+            f"dataset.root={pairs_dir}",
+            f"model.checkpoint={tiny_bert_dir}",
+            "dataset.on_bad_line=skip",
+            "trainer.epochs=1",
+            "trainer.max_steps=1",
+        ]
+    )
     Trainer(cfg, tmp_path).fit()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["data"] == {"skipped_lines": {"train": 2, "dev": 0, "test": 1}}
@@ -160,7 +201,10 @@ def test_summary_counts_skipped_lines_per_split(tmp_path, pairs_dir, tiny_bert_d
 
 def test_skip_with_only_bad_lines_is_an_error(tmp_path):
     (tmp_path / "train.json").write_text("{broken\n[1]\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"train.json: no examples \(all 2 lines with data are bad, skipped by dataset.on_bad_line=skip\)"):
+    with pytest.raises(
+        DataError,
+        match=r"train.json: no examples \(all 2 lines with data are bad, skipped by dataset.on_bad_line=skip\)",
+    ):
         build_dataset(afqmc_cfg(tmp_path, "dataset.on_bad_line=skip"), "train")
 
 
@@ -178,8 +222,10 @@ def test_collate_pads_truncates_and_marks_segments(tiny_bert_dir):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
-    examples = [{"text_a": "借呗怎么还款", "text_b": "花呗", "label": 1, "index": 0},
-                {"text_a": "借呗", "text_b": "花", "label": 0, "index": 1}]
+    examples = [
+        {"text_a": "借呗怎么还款", "text_b": "花呗", "label": 1, "index": 0},
+        {"text_a": "借呗", "text_b": "花", "label": 0, "index": 1},
+    ]
     batch = PairCollator(tok, max_length=64)(examples)
     assert batch["input_ids"].shape == batch["attention_mask"].shape == batch["token_type_ids"].shape == (2, 11)
     # [CLS] 6 chars [SEP] | 2 chars [SEP]: segment A is 0, segment B is 1, padding is masked out
@@ -218,16 +264,22 @@ def test_download_checks_sha256(tmp_path, pairs_dir):
 
 def test_download_offline_says_where_to_put_files(tmp_path):
     cfg = afqmc_cfg(tmp_path / "nowhere", "dataset.download.url=http://127.0.0.1:9/afqmc_public.zip")
-    with pytest.raises(DataError, match=r"could not download .*Put train.json, dev.json, test.json in .*nowhere or pass dataset.root=DIR"):
+    with pytest.raises(
+        DataError,
+        match=r"could not download .*Put train.json, dev.json, test.json in .*nowhere or pass dataset.root=DIR",
+    ):
         ensure_downloaded(cfg)
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-                    max_leaves=6)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
 VALUES = JSON | st.sampled_from(["0", "1", 0, 1, " ", "借呗怎么还款"])
 RECORDS = st.fixed_dictionaries({}, optional={k: VALUES for k in ("sentence1", "sentence2", "label", "id")}).flatmap(
-    lambda r: st.dictionaries(st.text(max_size=5), VALUES, max_size=2).map(lambda extra: {**extra, **r}))
+    lambda r: st.dictionaries(st.text(max_size=5), VALUES, max_size=2).map(lambda extra: {**extra, **r})
+)
 RECORD_LINES = RECORDS.map(lambda r: json.dumps(r, ensure_ascii=False).encode())  # objects with and without the fields
 LINES = st.one_of(
     st.text(max_size=80).map(str.encode),  # random text
@@ -252,9 +304,15 @@ def split_files(draw):
 
 
 def reader_cfg(fmt, on_bad_line):
-    return OmegaConf.create({"format": fmt, "label_map": {"0": 0, "1": 1}, "on_bad_line": on_bad_line,
-                             "max_line_bytes": 64,  # low enough that some random lines are too long
-                             "columns": {"text_a": "sentence1", "text_b": "sentence2", "label": "label", "id": "id"}})
+    return OmegaConf.create(
+        {
+            "format": fmt,
+            "label_map": {"0": 0, "1": 1},
+            "on_bad_line": on_bad_line,
+            "max_line_bytes": 64,  # low enough that some random lines are too long
+            "columns": {"text_a": "sentence1", "text_b": "sentence2", "label": "label", "id": "id"},
+        }
+    )
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -271,5 +329,10 @@ def test_reader_parses_or_raises_data_error(tmp_path, file, labeled, on_bad_line
         assert on_bad_line == "error" or fmt != "jsonl"  # skip only stops on a CSV/TSV header problem
         return
     for e in examples:
-        assert isinstance(e["text_a"], str) and e["text_a"].strip() and isinstance(e["text_b"], str) and e["text_b"].strip()
+        assert (
+            isinstance(e["text_a"], str)
+            and e["text_a"].strip()
+            and isinstance(e["text_b"], str)
+            and e["text_b"].strip()
+        )
         assert e["label"] in ((0, 1) if labeled else (None,))

@@ -1,4 +1,6 @@
-"""trainer.fast_dropout: the same dropout as torch's (rate, scale, padding masked), and a checkpoint that reloads as usual."""
+"""trainer.fast_dropout: the same dropout as torch's (rate, scale, padding masked), and a checkpoint that
+reloads as usual."""
+
 import torch
 
 from afqmc.fast_dropout import fast_dropout, use_fast_dropout
@@ -39,4 +41,7 @@ def test_same_model_in_eval_and_padding_masked_in_training(tiny_bert_dir, tmp_pa
     assert not torch.allclose(a, fast(**padded).logits)  # dropout is on
 
     fast.save_pretrained(tmp_path / "ckpt")  # the swap is not saved: a plain checkpoint
-    assert BertForPairwiseCLS.from_pretrained(tmp_path / "ckpt").config._attn_implementation == stock.config._attn_implementation
+    assert (
+        BertForPairwiseCLS.from_pretrained(tmp_path / "ckpt").config._attn_implementation
+        == stock.config._attn_implementation
+    )

@@ -1,4 +1,5 @@
 """BertForPairwiseCLS: head sized from the config, pooling, save/load round trip, loading errors."""
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -14,8 +15,18 @@ BATCH = {
 
 
 def model_cfg(checkpoint, **kw):
-    return OmegaConf.create({"name": "bert_pair_cls", "checkpoint": str(checkpoint), "pretrained": True,
-                             "pooling": "cls", "dropout": None, "do_lower_case": True, "trust_remote_code": False, **kw})
+    return OmegaConf.create(
+        {
+            "name": "bert_pair_cls",
+            "checkpoint": str(checkpoint),
+            "pretrained": True,
+            "pooling": "cls",
+            "dropout": None,
+            "do_lower_case": True,
+            "trust_remote_code": False,
+            **kw,
+        }
+    )
 
 
 def test_head_follows_config_and_round_trips(tiny_bert_dir, tmp_path):
@@ -53,5 +64,7 @@ def test_offline_hub_name_fails_fast_and_says_what_to_do(monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(ModelLoadError, match=r"model.checkpoint='no-such/model-xyz' .*hub cannot be reached.*local directory"):
+    with pytest.raises(
+        ModelLoadError, match=r"model.checkpoint='no-such/model-xyz' .*hub cannot be reached.*local directory"
+    ):
         build_model(model_cfg("no-such/model-xyz"), ["0", "1"])

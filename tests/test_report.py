@@ -1,4 +1,5 @@
 """Sweep reports (afqmc/report.py and its Hydra callback), failed runs, the Optuna search, run directories apart."""
+
 import csv
 import json
 import logging
@@ -25,18 +26,21 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # run.py with a bug planted in Trainer.fit: every bad input is a clear AfqmcError now (afqmc/schema.py),
 # so an exception of another kind takes a bug
-CRASHING = ("import runpy, sys, afqmc.trainer\n"
-            "def fit(self): raise ValueError('Trainer.fit crashed (a bug planted by the test)')\n"
-            "afqmc.trainer.Trainer.fit = fit\n"
-            "sys.argv[:2] = [sys.argv[1]]\n"
-            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+CRASHING = (
+    "import runpy, sys, afqmc.trainer\n"
+    "def fit(self): raise ValueError('Trainer.fit crashed (a bug planted by the test)')\n"
+    "afqmc.trainer.Trainer.fit = fit\n"
+    "sys.argv[:2] = [sys.argv[1]]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+)
 
 
 def start(*args, cwd=ROOT, crash=False):
     """python run.py ARGS, started and not waited for; crash: with the planted bug."""
     python = [sys.executable, "-c", CRASHING] if crash else [sys.executable]
-    return subprocess.Popen([*python, str(ROOT / "run.py"), *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [*python, str(ROOT / "run.py"), *args], cwd=cwd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
 
 
 def finish(proc, timeout=300):
@@ -70,8 +74,11 @@ def test_report_csv_has_one_row_per_run(sweep):
     assert [r["run"] for r in rows] == ["0", "1", "2", "3"]
     assert {r["status"] for r in rows} == {"completed"} and not any(r["error"] for r in rows)
     assert [r["overrides"].split()[-2:] for r in rows] == [
-        ["optimizer.lr=0.001", "trainer.seed=1"], ["optimizer.lr=0.001", "trainer.seed=2"],
-        ["optimizer.lr=0.002", "trainer.seed=1"], ["optimizer.lr=0.002", "trainer.seed=2"]]
+        ["optimizer.lr=0.001", "trainer.seed=1"],
+        ["optimizer.lr=0.001", "trainer.seed=2"],
+        ["optimizer.lr=0.002", "trainer.seed=1"],
+        ["optimizer.lr=0.002", "trainer.seed=2"],
+    ]
     for row, job in zip(rows, sorted(sweep.glob("[0-9]"))):
         summary = json.loads((job / "summary.json").read_text())
         assert float(row["dev_f1_macro"]) == summary["dev"]["f1_macro"]
@@ -98,8 +105,12 @@ def test_curves_png_is_an_image_with_readable_labels(sweep):
     height, width, _ = matplotlib.image.imread(sweep / "curves.png").shape
     assert height > 0 and width > 0
     runs = [load_run(p) for p in find_runs(sweep)]
-    assert labels(runs, sweep) == ["optimizer.lr=0.001 trainer.seed=1", "optimizer.lr=0.001 trainer.seed=2",
-                                   "optimizer.lr=0.002 trainer.seed=1", "optimizer.lr=0.002 trainer.seed=2"]
+    assert labels(runs, sweep) == [
+        "optimizer.lr=0.001 trainer.seed=1",
+        "optimizer.lr=0.001 trainer.seed=2",
+        "optimizer.lr=0.002 trainer.seed=1",
+        "optimizer.lr=0.002 trainer.seed=2",
+    ]
 
 
 def test_run_order_and_unreadable_summaries(tmp_path):
@@ -110,7 +121,13 @@ def test_run_order_and_unreadable_summaries(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in find_runs(tmp_path)] == ["1", "2", "10", "cut/short", "other"]
     write_report(tmp_path)
     rows = read_csv(tmp_path / "report.csv")
-    assert [r["error"].split(":")[0] for r in rows] == ["", "", "", "unreadable summary.json", "summary.json has status 'interrupted'"]
+    assert [r["error"].split(":")[0] for r in rows] == [
+        "",
+        "",
+        "",
+        "unreadable summary.json",
+        "summary.json has status 'interrupted'",
+    ]
     assert not (tmp_path / "curves.png").exists()  # no metrics.jsonl anywhere: no curves, no empty plot
     md = (tmp_path / "report.md").read_text()
     # the runs differ only by their seeds: one group, statistics over the three completed ones
@@ -118,7 +135,9 @@ def test_run_order_and_unreadable_summaries(tmp_path):
 
 
 def test_report_of_an_empty_directory_says_what_it_looks_for(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "afqmc.report", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "afqmc.report", str(tmp_path)], capture_output=True, text=True, cwd=ROOT
+    )
     assert proc.returncode == 1
     assert f"{tmp_path}: no run directories below it (a run directory holds .hydra/overrides.yaml)" in proc.stderr
 
@@ -136,17 +155,34 @@ def test_search_space_is_version_controlled():
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.sampler._target_ == "optuna.samplers.TPESampler"
     assert sweeper.direction == "maximize" and sweeper.sampler.seed is not None
-    assert set(sweeper.params) == {"optimizer.lr", "trainer.batch_size", "scheduler.warmup_ratio",
-                                   "optimizer.weight_decay", "trainer.epochs"}
+    assert set(sweeper.params) == {
+        "optimizer.lr",
+        "trainer.batch_size",
+        "scheduler.warmup_ratio",
+        "optimizer.weight_decay",
+        "trainer.epochs",
+    }
 
 
 def test_optuna_search_with_joblib_ends_with_its_best_in_the_report(tmp_path):
     # two trials at once in two joblib worker processes; trainer.epochs on the command line is fixed, not searched
-    proc = run_py("hparams_search=afqmc_optuna", *SMALL, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
-                  "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path}")
+    proc = run_py(
+        "hparams_search=afqmc_optuna",
+        *SMALL,
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     results = OmegaConf.load(tmp_path / "optimization_results.yaml")
-    assert set(results.best_params) == {"optimizer.lr", "trainer.batch_size", "scheduler.warmup_ratio", "optimizer.weight_decay"}
+    assert set(results.best_params) == {
+        "optimizer.lr",
+        "trainer.batch_size",
+        "scheduler.warmup_ratio",
+        "optimizer.weight_decay",
+    }
     values = [json.loads((tmp_path / job / "summary.json").read_text())["best"]["value"] for job in ("0", "1")]
     assert results.best_value == max(values)
     md = (tmp_path / "report.md").read_text()
@@ -173,7 +209,7 @@ def test_runs_started_together_get_their_own_directories(together):
     assert len(dirs) == 3, dirs
     ids = [d.name.rsplit("_", 1)[1] for d in dirs]
     assert len(set(ids)) == 3 and all(re.fullmatch(r"[0-9a-f]{6}", i) for i in ids), ids
-    by_overrides = {tuple(OmegaConf.load(d / ".hydra" / "overrides.yaml"))[len(SMALL):]: d for d in dirs}
+    by_overrides = {tuple(OmegaConf.load(d / ".hydra" / "overrides.yaml"))[len(SMALL) :]: d for d in dirs}
     # each directory holds its own run's summary: no run wrote into another's directory
     status = {o: json.loads((d / "summary.json").read_text())["status"] for o, d in by_overrides.items()}
     assert status == {(): "completed", ("trainer.precision=fp99",): "failed", ("trainer.seed=7",): "failed"}
@@ -194,7 +230,9 @@ def test_failed_runs_are_reported_with_their_error(together, tmp_path):
     rows = read_csv(runs / "report.csv")
     errors = {r["overrides"].split()[-1]: (r["status"], r["error"]) for r in rows}
     assert errors["trainer.precision=fp99"] == (
-        "failed", "ConfigError: trainer.precision='fp99' is invalid; expected one of 'auto', 'fp32', 'bf16', 'fp16'")
+        "failed",
+        "ConfigError: trainer.precision='fp99' is invalid; expected one of 'auto', 'fp32', 'bf16', 'fp16'",
+    )
     assert errors["trainer.seed=7"] == ("failed", "ValueError: Trainer.fit crashed (a bug planted by the test)")
     assert errors["experiment=smoke"][0] == "failed" and errors["experiment=smoke"][1].startswith("no summary.json")
     assert errors[SMALL[-1]] == ("completed", "")

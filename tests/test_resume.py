@@ -1,5 +1,6 @@
 """checkpoints/last: a run killed with SIGKILL and resumed ends as if it had never stopped; a re-run sweep
 skips its finished jobs and resumes the others."""
+
 import json
 import os
 import signal
@@ -27,8 +28,13 @@ def run(*args):
 
 
 def start_run(*args):
-    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def read_state(run_dir):
@@ -83,7 +89,11 @@ def test_sampler_start_skips_the_first_batches():
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    args = [*SMOKE, "trainer.epochs=2", "trainer.metric=loss"]  # the dev loss falls: the best is epoch 2, after the kill
+    args = [
+        *SMOKE,
+        "trainer.epochs=2",
+        "trainer.metric=loss",
+    ]  # the dev loss falls: the best is epoch 2, after the kill
     # resume=true in a fresh directory: starts from scratch
     proc = run(*args, "trainer.resume=true", f"hydra.run.dir={straight}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -117,8 +127,11 @@ def test_sweep_rerun_skips_finished_jobs_and_resumes_the_rest(tmp_path):
     proc = run(*sweep, "optimizer.lr=1e-3")  # job 0 finishes...
     assert proc.returncode == 0, proc.stderr[-3000:]
     # ... and job 1 (optimizer.lr=2e-3) is killed mid-epoch: the same config as the sweep gives it
-    kill_mid_epoch(start_run(*SMOKE, "trainer.epochs=1", "optimizer.lr=2e-3", f"hydra.run.dir={tmp_path / '1'}"),
-                   tmp_path / "1", epoch=1)
+    kill_mid_epoch(
+        start_run(*SMOKE, "trainer.epochs=1", "optimizer.lr=2e-3", f"hydra.run.dir={tmp_path / '1'}"),
+        tmp_path / "1",
+        epoch=1,
+    )
     finished = tmp_path / "0" / "summary.json"
     mtime = finished.stat().st_mtime_ns
 

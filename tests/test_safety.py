@@ -1,4 +1,5 @@
 """Safety: weights as safetensors, no pickle loading, no remote code unless asked for, files stay in the run."""
+
 import ast
 import json
 from pathlib import Path
@@ -27,16 +28,24 @@ def test_checkpoints_are_safetensors_only(tiny_bert_dir, tmp_path):
 def unsafe_torch_loads(source: str) -> list[int]:
     """Line numbers of torch.load calls without weights_only=True (which refuses to unpickle code)."""
     return [
-        node.lineno for node in ast.walk(ast.parse(source))
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
-        and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"
-        and not any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
-                    for k in node.keywords)
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "load"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "torch"
+        and not any(
+            k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+            for k in node.keywords
+        )
     ]
 
 
 def test_scanner_finds_unsafe_torch_load():
-    assert unsafe_torch_loads("import torch\ntorch.load(p)\ntorch.load(p, weights_only=True)\ntorch.load(p, weights_only=False)\n") == [2, 4]
+    assert unsafe_torch_loads(
+        "import torch\ntorch.load(p)\ntorch.load(p, weights_only=True)\ntorch.load(p, weights_only=False)\n"
+    ) == [2, 4]
 
 
 def test_package_never_unpickles():
@@ -49,21 +58,30 @@ def test_package_never_unpickles():
 @pytest.fixture
 def custom_code_checkpoint(tmp_path):
     """A checkpoint whose config names its own Python module, which leaves a mark when it runs."""
-    (tmp_path / "config.json").write_text(json.dumps({
-        "model_type": "sneaky", "max_position_embeddings": 512,
-        "auto_map": {"AutoConfig": "configuration_sneaky.SneakyConfig"},
-    }))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "sneaky",
+                "max_position_embeddings": 512,
+                "auto_map": {"AutoConfig": "configuration_sneaky.SneakyConfig"},
+            }
+        )
+    )
     (tmp_path / "configuration_sneaky.py").write_text(
         f"open({str(tmp_path / 'RAN')!r}, 'w').close()\n"
-        "from transformers import PretrainedConfig\n\n\nclass SneakyConfig(PretrainedConfig):\n    model_type = 'sneaky'\n"
+        "from transformers import PretrainedConfig\n\n\n"
+        "class SneakyConfig(PretrainedConfig):\n    model_type = 'sneaky'\n"
     )
     return tmp_path
 
 
 def test_remote_code_is_refused_by_default(custom_code_checkpoint):
     assert compose_cfg().model.trust_remote_code is False
-    with pytest.raises(ModelLoadError, match=r"model.checkpoint='.*' needs its own Python code to load, which runs only "
-                                             r"with model.trust_remote_code=true"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"model.checkpoint='.*' needs its own Python code to load, which runs only "
+        r"with model.trust_remote_code=true",
+    ):
         build_model(model_cfg(custom_code_checkpoint), ["0", "1"])
     assert not (custom_code_checkpoint / "RAN").exists()
 

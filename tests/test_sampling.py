@@ -1,4 +1,5 @@
 """Length-grouped training batches, length-sorted evaluation batches, batches split by length."""
+
 import random
 
 import torch
@@ -54,8 +55,12 @@ def padded_batch(lengths):
     width = max(lengths)
     mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths])
     ids = mask * torch.arange(1, width + 1)
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids),
-            "labels": torch.tensor([i % 2 for i in range(len(lengths))])}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": torch.zeros_like(ids),
+        "labels": torch.tensor([i % 2 for i in range(len(lengths))]),
+    }
 
 
 def test_split_by_length_cuts_padding_only_where_it_pays():

@@ -1,4 +1,5 @@
 """The config schema: every bad key, type, range or choice is one ConfigError naming key, value and what is allowed."""
+
 import json
 
 import pytest
@@ -11,8 +12,11 @@ from afqmc.schema import Key, check_config, compose_error
 
 from .conftest import CONF, compose_cfg
 
-OPTIONS = [(group, f.stem) for group in ("dataset", "model", "optimizer", "scheduler", "trainer", "experiment")
-           for f in sorted((CONF / group).glob("*.yaml"))]
+OPTIONS = [
+    (group, f.stem)
+    for group in ("dataset", "model", "optimizer", "scheduler", "trainer", "experiment")
+    for f in sorted((CONF / group).glob("*.yaml"))
+]
 
 
 @pytest.fixture
@@ -33,9 +37,19 @@ def test_every_option_passes(local_bert, group, option):
     checked(local_bert, f"{group}={option}")
 
 
-GOOD = ["trainer.max_steps=null", "trainer.max_grad_norm=null", "trainer.device=cuda:1", "optimizer.lr=1",
-        "dataset.splits.test=null", "dataset.download=null", "dataset.on_bad_line=skip", "model.dropout=0.2",
-        "scheduler.warmup_steps=0", "dataset.task=my-corpus_2.v1", "model.do_lower_case=null"]
+GOOD = [
+    "trainer.max_steps=null",
+    "trainer.max_grad_norm=null",
+    "trainer.device=cuda:1",
+    "optimizer.lr=1",
+    "dataset.splits.test=null",
+    "dataset.download=null",
+    "dataset.on_bad_line=skip",
+    "model.dropout=0.2",
+    "scheduler.warmup_steps=0",
+    "dataset.task=my-corpus_2.v1",
+    "model.do_lower_case=null",
+]
 
 
 @pytest.mark.parametrize("override", GOOD)
@@ -67,10 +81,19 @@ BAD = [
     ("dataset.task=../../etc/x", r"dataset.task='../../etc/x' is invalid; expected a name without '/', '\\' or '..'"),
     ("dataset.task=runs/x", r"dataset.task='runs/x' is invalid; expected a name without '/'"),
     ("dataset.task=..", r"dataset.task='..' is invalid"),
-    ("+optimizer.lrr=1e-5", r"optimizer.lrr=1e-05: unknown key; keys of optimizer: betas, eps, lr, name, weight_decay "
-                            r"\(did you mean optimizer.lr\?\)$"),
-    ("+dataset.columns.txt_a=q", r"dataset.columns.txt_a='q': unknown key; keys of dataset.columns: id, label, text_a, text_b"),
-    ("+trainr.epochs=3", r"trainr: unknown key; config groups: dataset, model, optimizer, scheduler, trainer \(did you mean trainer\?\)"),
+    (
+        "+optimizer.lrr=1e-5",
+        r"optimizer.lrr=1e-05: unknown key; keys of optimizer: betas, eps, lr, name, weight_decay "
+        r"\(did you mean optimizer.lr\?\)$",
+    ),
+    (
+        "+dataset.columns.txt_a=q",
+        r"dataset.columns.txt_a='q': unknown key; keys of dataset.columns: id, label, text_a, text_b",
+    ),
+    (
+        "+trainr.epochs=3",
+        r"trainr: unknown key; config groups: dataset, model, optimizer, scheduler, trainer \(did you mean trainer\?\)",
+    ),
     ("~trainer.seed", r"trainer.seed is missing; expected an integer >= 0 and <= 4294967295$"),
 ]
 
@@ -83,15 +106,24 @@ def test_bad_value_names_key_value_and_allowed(local_bert, override, message):
 
 def test_keys_follow_the_chosen_optimizer(local_bert):
     """sgd has momentum and no betas: each registered name has its own keys."""
-    with pytest.raises(ConfigError, match=r"optimizer.betas=\[0.9, 0.99\]: unknown key; keys of optimizer: lr, momentum, name, nesterov, weight_decay"):
+    with pytest.raises(
+        ConfigError,
+        match=r"optimizer.betas=\[0.9, 0.99\]: unknown key; "
+        r"keys of optimizer: lr, momentum, name, nesterov, weight_decay",
+    ):
         checked(local_bert, "optimizer=sgd", "+optimizer.betas=[0.9,0.99]")
-    with pytest.raises(ConfigError, match=r"optimizer.nesterov=true needs optimizer.momentum > 0; got optimizer.momentum=0"):
+    with pytest.raises(
+        ConfigError, match=r"optimizer.nesterov=true needs optimizer.momentum > 0; got optimizer.momentum=0"
+    ):
         checked(local_bert, "optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=true")
 
 
 def test_label_1_metrics_need_two_labels(local_bert):
     checked(local_bert, "+dataset.label_map.2=2", "trainer.metric=f1_macro")
-    with pytest.raises(ConfigError, match=r"trainer.metric='f1_pos' needs 2 labels, dataset.label_map has 3; allowed: accuracy, f1_macro, loss"):
+    with pytest.raises(
+        ConfigError,
+        match=r"trainer.metric='f1_pos' needs 2 labels, dataset.label_map has 3; allowed: accuracy, f1_macro, loss",
+    ):
         checked(local_bert, "+dataset.label_map.2=2", "trainer.metric=f1_pos")
 
 
@@ -107,14 +139,19 @@ def test_a_component_without_schema_takes_any_keys(local_bert, monkeypatch):
 def test_max_length_within_a_local_checkpoints_positions(local_bert):
     (local_bert / "config.json").write_text(json.dumps({"model_type": "bert", "max_position_embeddings": 64}))
     checked(local_bert, "dataset.max_length=64")
-    with pytest.raises(ConfigError, match=rf"dataset.max_length=65 is invalid; expected an integer <= 64, the max_position_embeddings of model.checkpoint='{local_bert}'"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"dataset.max_length=65 is invalid; expected an integer <= 64, "
+        rf"the max_position_embeddings of model.checkpoint='{local_bert}'",
+    ):
         checked(local_bert, "dataset.max_length=65")
 
 
 def test_max_length_of_a_hub_model_checked_from_its_config_alone(monkeypatch):
     """A hub name's limit comes from its config.json, fetched or cached alone, before any weights."""
-    import afqmc.model
     from transformers import BertConfig
+
+    import afqmc.model
 
     loaded = []
 
@@ -124,7 +161,10 @@ def test_max_length_of_a_hub_model_checked_from_its_config_alone(monkeypatch):
 
     monkeypatch.setattr(afqmc.model, "_resolve", lambda name, trust: {"local_files_only": True})
     monkeypatch.setattr(afqmc.model.AutoConfig, "from_pretrained", config_only)
-    with pytest.raises(ConfigError, match=r"dataset.max_length=128 is invalid; expected an integer <= 32, .* of model.checkpoint='some-org/bert'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"dataset.max_length=128 is invalid; expected an integer <= 32, .* of model.checkpoint='some-org/bert'",
+    ):
         check_config(compose_cfg(["model.checkpoint=some-org/bert"]))
     assert loaded == [("some-org/bert", {"trust_remote_code": False, "local_files_only": True})]
 
@@ -132,11 +172,16 @@ def test_max_length_of_a_hub_model_checked_from_its_config_alone(monkeypatch):
 def test_composition_errors_become_one_line():
     with pytest.raises(HydraException) as e:
         compose_cfg(["optimizer.lrr=1e-5"])
-    assert compose_error(e.value) == ("optimizer.lrr=1e-5: unknown key; keys of optimizer: betas, eps, lr, name, "
-                                      "weight_decay (did you mean optimizer.lr?)")
+    assert compose_error(e.value) == (
+        "optimizer.lrr=1e-5: unknown key; keys of optimizer: betas, eps, lr, name, "
+        "weight_decay (did you mean optimizer.lr?)"
+    )
     with pytest.raises(HydraException) as e:
         compose_cfg(["optimizer=adamx"])
-    assert compose_error(e.value) == "In 'config': Could not find 'optimizer/adamx'. Available options in 'optimizer': adamw, sgd"
+    assert (
+        compose_error(e.value)
+        == "In 'config': Could not find 'optimizer/adamx'. Available options in 'optimizer': adamw, sgd"
+    )
 
 
 def test_every_yaml_has_exactly_its_schemas_keys():

@@ -1,4 +1,5 @@
 """The training loop learns; run.py end to end; sweeps; predict CLI."""
+
 import json
 import random
 import subprocess
@@ -30,9 +31,18 @@ def test_training_loop_learns(tmp_path, tiny_bert_dir, seed):
     rng = random.Random(seed)
     write_jsonl(tmp_path / "d" / "train.json", product_pairs(rng, 600))
     write_jsonl(tmp_path / "d" / "dev.json", product_pairs(rng, 200))
-    cfg = compose_cfg([f"dataset.root={tmp_path / 'd'}", f"model.checkpoint={tiny_bert_dir}", "model.pretrained=false",
-                       "dataset.splits.test=null", "optimizer.lr=1e-3", "trainer.epochs=4", "trainer.batch_size=16",
-                       f"trainer.seed={seed}"])
+    cfg = compose_cfg(
+        [
+            f"dataset.root={tmp_path / 'd'}",
+            f"model.checkpoint={tiny_bert_dir}",
+            "model.pretrained=false",
+            "dataset.splits.test=null",
+            "optimizer.lr=1e-3",
+            "trainer.epochs=4",
+            "trainer.batch_size=16",
+            f"trainer.seed={seed}",
+        ]
+    )
     trainer = Trainer(cfg, tmp_path / "out")
     best = trainer.fit()
     dev = json.loads((tmp_path / "out" / "summary.json").read_text())["dev"]
@@ -40,8 +50,17 @@ def test_training_loop_learns(tmp_path, tiny_bert_dir, seed):
 
 
 def test_max_steps_and_grad_accumulation(tmp_path, pairs_dir, tiny_bert_dir):
-    cfg = compose_cfg([f"dataset.root={pairs_dir}", f"model.checkpoint={tiny_bert_dir}", "trainer.batch_size=2",
-                       "trainer.grad_accum_steps=2", "trainer.max_steps=2", "trainer.epochs=5", "trainer.log_every=1"])
+    cfg = compose_cfg(
+        [
+            f"dataset.root={pairs_dir}",
+            f"model.checkpoint={tiny_bert_dir}",
+            "trainer.batch_size=2",
+            "trainer.grad_accum_steps=2",
+            "trainer.max_steps=2",
+            "trainer.epochs=5",
+            "trainer.log_every=1",
+        ]
+    )
     Trainer(cfg, tmp_path).fit()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["train"]["steps"] == 2 and summary["train"]["samples"] == 8  # 2 steps x 2 micro-batches x 2
@@ -54,8 +73,16 @@ def test_smoke_run_writes_every_output(tmp_path):
     out = tmp_path / "run"
     proc = run_py("experiment=smoke", f"hydra.run.dir={out}", "trainer.epochs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "run.log", "metrics.jsonl", "summary.json",
-                 "checkpoints/best/config.json", "checkpoints/best/model.safetensors", "predictions/afqmc_predict.json"):
+    for name in (
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        "run.log",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoints/best/config.json",
+        "checkpoints/best/model.safetensors",
+        "predictions/afqmc_predict.json",
+    ):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert {"epoch", "metric", "value"} <= summary["best"].keys()
@@ -70,8 +97,12 @@ def test_smoke_run_writes_every_output(tmp_path):
     # the best checkpoint reloads with from_pretrained and scores what summary.json says
     model = BertForPairwiseCLS.from_pretrained(out / "checkpoints" / "best")
     assert model.config.id2label == {0: "0", 1: "1"}
-    pred = subprocess.run([sys.executable, "-m", "afqmc.predict", str(out / "checkpoints" / "best"), "借呗怎么还款", "如何还借呗的钱"],
-                          capture_output=True, text=True, cwd=ROOT)
+    pred = subprocess.run(
+        [sys.executable, "-m", "afqmc.predict", str(out / "checkpoints" / "best"), "借呗怎么还款", "如何还借呗的钱"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert pred.returncode == 0 and pred.stdout.startswith("label "), pred.stderr
 
 

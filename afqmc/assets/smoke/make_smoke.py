@@ -1,10 +1,13 @@
-"""Regenerate the smoke data set and tiny-bert vocabulary shipped with the package (python afqmc/assets/smoke/make_smoke.py).
+"""Regenerate the smoke data set and tiny-bert vocabulary shipped with the package.
+
+    python afqmc/assets/smoke/make_smoke.py
 
 Hand-written AFQMC-style questions: each (product, intent) has a few phrasings. Two phrasings of
 the same product and intent are a paraphrase (label "1"); a different intent or product is not
 ("0"). The task is learnable from character overlap, so a tiny random BERT gets above chance in
 seconds, which is what the smoke experiment and the tests need.
 """
+
 import json
 import random
 from pathlib import Path
@@ -53,11 +56,19 @@ def main() -> None:
     tiny = here.parent / "tiny-bert"  # a random BERT small enough to train in seconds on a CPU
     tiny.mkdir(exist_ok=True)
     (tiny / "vocab.txt").write_text("\n".join(special + chars) + "\n", encoding="utf-8")
-    (tiny / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True}) + "\n")
+    (tiny / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True}) + "\n"
+    )
     config = {
-        "model_type": "bert", "vocab_size": len(special) + len(chars), "hidden_size": 64,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
-        "max_position_embeddings": 64, "type_vocab_size": 2, "pad_token_id": 0,
+        "model_type": "bert",
+        "vocab_size": len(special) + len(chars),
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+        "max_position_embeddings": 64,
+        "type_vocab_size": 2,
+        "pad_token_id": 0,
     }
     (tiny / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
