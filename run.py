@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
-import afqmc  # noqa: F401  (registers the config resolvers)
+import afqmc  # (importing it registers the config resolvers)
 from afqmc.errors import AfqmcError, Interrupted
 from afqmc.runs import write_failed_summary
 
@@ -19,13 +19,9 @@ log = logging.getLogger("afqmc")
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Trains one run; returns its best dev metric so that Hydra sweepers can optimize it."""
-    from afqmc.registry import build_trainer  # torch and transformers load only past --help/--cfg
-    from afqmc.schema import check_config
-
     output_dir = HydraConfig.get().runtime.output_dir
     try:
-        check_config(cfg)  # every key's type and range, before any data or model is loaded
-        return build_trainer(cfg, output_dir).fit()
+        return afqmc.train(cfg, output_dir)
     except Exception as e:
         interrupted = isinstance(e, Interrupted)
         if RANK == "0":  # so that the sweep report lists this run as failed (or interrupted), and why

@@ -1,8 +1,9 @@
-"""Sentence-pair data: readers for JSON lines / CSV / TSV, the datasets, the collate function.
+"""Sentence-pair data: readers for JSON lines / CSV / TSV, the download, the dataset group's keys.
 
 One dataset YAML describes a corpus (format, file names, column names, label map), so another
 sentence-pair corpus needs no code. Every bad line stops the run with its file and line number,
-or with dataset.on_bad_line=skip is left out, counted and logged.
+or with dataset.on_bad_line=skip is left out, counted and logged. The torch datasets and the
+collate function built from what is read here are in afqmc/datasets.py.
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from itertools import count, islice
 from pathlib import Path
 from types import SimpleNamespace
 
-import torch
 from omegaconf import OmegaConf
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from .checkpoint import atomic_write
 from .errors import ConfigError, DataError
 from .registry import COLLATORS, DATASETS
 from .schema import Key
@@ -207,74 +207,6 @@ def _example(row: dict | DataError, where: str, cols, label_map: dict, labeled: 
     return {"text_a": texts[0], "text_b": texts[1], "label": label, "id": n if cols.id is None else row.get(cols.id, n)}
 
 
-# (file, its mtime, example count, tokenizer, max_length) -> token ids: a sweep's jobs, which Hydra
-# runs one after another in one process, tokenize each split once.
-_ENCODED: dict[tuple, list[dict]] = {}
-
-
-class PairDataset(Dataset):
-    """A whole split in memory (map-style): random access, so it can be shuffled and sorted.
-
-    encode() tokenizes the split once, up front; batches then only pad (see PairCollator).
-    """
-
-    def __init__(self, examples: list[dict], path: Path):
-        if not examples:
-            raise DataError(f"{path}: no examples (the file is empty)")
-        self.examples, self.path, self.features = examples, path, None
-
-    def encode(self, tokenizer, max_length: int) -> None:
-        key = (
-            str(self.path.resolve()),
-            self.path.stat().st_mtime_ns,
-            len(self.examples),
-            type(tokenizer).__name__,
-            tokenizer.name_or_path,
-            len(tokenizer),
-            getattr(tokenizer, "do_lower_case", None),
-            max_length,
-        )
-        if key not in _ENCODED:
-            enc = tokenizer(
-                [e["text_a"] for e in self.examples],
-                [e["text_b"] for e in self.examples],
-                truncation=True,
-                max_length=max_length,
-            )
-            names = [n for n in ("input_ids", "token_type_ids") if n in enc]
-            if len(_ENCODED) >= 6:  # a long sweep over tokenizers or lengths must not grow memory without end
-                del _ENCODED[next(iter(_ENCODED))]
-            _ENCODED[key] = [dict(zip(names, values)) for values in zip(*(enc[n] for n in names))]
-        self.features = _ENCODED[key]
-
-    def lengths(self) -> list[int]:
-        return [len(f["input_ids"]) for f in self.features]
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict:
-        features = self.features[i] if self.features is not None else {}
-        return {**self.examples[i], **features, "index": i}
-
-
-class StreamingPairDataset(IterableDataset):
-    """Reads the file lazily on every pass: memory stays flat whatever the corpus size.
-
-    Batches come in file order (no shuffling), and DataLoader workers split the lines between them.
-    """
-
-    def __init__(self, path: Path, cfg, labeled: bool, limit: int | None):
-        self.path, self.cfg, self.labeled, self.limit = path, cfg, labeled, limit
-
-    def __iter__(self) -> Iterator[dict]:
-        worker = get_worker_info()
-        stream = islice(read_examples(self.path, self.cfg, self.labeled), self.limit)
-        for i, example in enumerate(stream):
-            if worker is None or i % worker.num_workers == worker.id:
-                yield {**example, "index": i}
-
-
 def split_path(cfg, split: str) -> Path:
     return Path(cfg.root) / cfg.splits[split]
 
@@ -328,11 +260,14 @@ DATASET_KEYS = {  # conf/dataset/afqmc.yaml, checked before anything loads (afqm
 
 
 @DATASETS.register("sentence_pairs", schema=DATASET_KEYS)
-def build_dataset(cfg, split: str) -> Dataset:
+def build_dataset(cfg, split: str):
     """cfg is the `dataset` group; split is train, dev or test (test needs no labels).
 
     The dataset's `skipped_lines` counts the bad lines left out under dataset.on_bad_line=skip.
     """
+    from .datasets import PairDataset, StreamingPairDataset
+
+    ensure_downloaded(cfg, split)
     path = split_path(cfg, split)
     if not path.is_file():
         raise DataError(f"{path}: split file {split!r} not found (dataset.root={cfg.root}, dataset.splits.{split})")
@@ -340,9 +275,7 @@ def build_dataset(cfg, split: str) -> Dataset:
     skipped = SkippedLines()
     examples = islice(read_examples(path, cfg, labeled=split != "test", skipped=skipped), limit)
     streaming = split == "train" and cfg.streaming
-    if (
-        streaming
-    ):  # read lazily, once per epoch; now one pass counts the skipped lines, or one example shows it is not empty
+    if streaming:  # read lazily, once per epoch; now one pass counts skipped lines, or one example shows some
         found = sum(1 for _ in examples) if cfg.on_bad_line == "skip" else next(examples, None) is not None
     else:
         examples = list(examples)
@@ -356,74 +289,24 @@ def build_dataset(cfg, split: str) -> Dataset:
         raise DataError(f"{path}: no examples ({why})")
     if skipped.count:
         log.warning("%s: skipped %d bad lines (dataset.on_bad_line=skip)", path, skipped.count)
-    dataset = StreamingPairDataset(path, cfg, labeled=True, limit=limit) if streaming else PairDataset(examples, path)
-    dataset.skipped_lines = skipped.count
-    return dataset
-
-
-def skipped_lines(**splits) -> dict[str, int]:
-    """{split: bad lines skipped} for summary.json, from the datasets build_dataset returned (None: no such split)."""
-    return {split: getattr(ds, "skipped_lines", 0) for split, ds in splits.items() if ds is not None}
-
-
-class PairCollator:
-    """A batch of sentence pairs as tensors, padded to its longest pair (dynamic padding).
-
-    Pairs already encoded by PairDataset.encode() are only padded; raw pairs (streaming) are tokenized.
-    """
-
-    def __init__(self, tokenizer, max_length: int, pad_to_multiple_of: int | None = None):
-        self.tokenizer, self.max_length, self.pad_to_multiple_of = tokenizer, max_length, pad_to_multiple_of
-
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        if "input_ids" in examples[0]:
-            batch = self._pad(examples)
-        else:
-            batch = dict(
-                self.tokenizer(  # input_ids, attention_mask and, if the tokenizer has them, token_type_ids
-                    [e["text_a"] for e in examples],
-                    [e["text_b"] for e in examples],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    pad_to_multiple_of=self.pad_to_multiple_of,
-                    return_tensors="pt",
-                )
-            )
-        batch["index"] = torch.tensor([e["index"] for e in examples])
-        if examples[0]["label"] is not None:
-            batch["labels"] = torch.tensor([e["label"] for e in examples])
-        return batch
-
-    def _pad(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(e["input_ids"]) for e in examples)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        batch = {
-            "input_ids": torch.full((len(examples), width), self.tokenizer.pad_token_id),
-            "attention_mask": torch.zeros(len(examples), width, dtype=torch.long),
-        }
-        if "token_type_ids" in examples[0]:
-            batch["token_type_ids"] = torch.zeros(len(examples), width, dtype=torch.long)
-        for i, e in enumerate(examples):
-            n = len(e["input_ids"])
-            batch["attention_mask"][i, :n] = 1
-            for name in ("input_ids", "token_type_ids"):
-                if name in batch:
-                    batch[name][i, :n] = torch.tensor(e[name])
-        return batch
+    if streaming:
+        return StreamingPairDataset(path, cfg, labeled=True, limit=limit, skipped_lines=skipped.count)
+    return PairDataset(examples, path, skipped_lines=skipped.count)
 
 
 @COLLATORS.register("pair_tokenize")
-def build_collator(cfg, tokenizer, pad_to_multiple_of: int | None = None) -> PairCollator:
+def build_collator(cfg, tokenizer, pad_to_multiple_of: int | None = None):
+    from .datasets import PairCollator
+
     return PairCollator(tokenizer, cfg.max_length, pad_to_multiple_of)
 
 
-def ensure_downloaded(cfg) -> None:
-    """Fetch the corpus zip when a split file is missing, checking each file's sha256."""
+def ensure_downloaded(cfg, split: str | None = None) -> None:
+    """Fetch the corpus zip when the split's file (any split's, with split=None) is missing, and take
+    every missing split file from it, checking each file's sha256."""
     root = Path(cfg.root)
     missing = [name for name in cfg.splits.values() if name and not (root / name).is_file()]
-    if not missing or not cfg.download:
+    if not missing or not cfg.download or (split is not None and cfg.splits[split] not in missing):
         return
     url = cfg.download.url
     log.info("%s missing in %s; downloading %s", ", ".join(missing), root, url)
@@ -454,7 +337,5 @@ def _extract_checked(archive: Path, names: list[str], root: Path, sha256: dict, 
             digest = hashlib.sha256(data).hexdigest()
             if name in sha256 and digest != sha256[name]:
                 raise DataError(f"{url}: {name} has sha256 {digest}, expected {sha256[name]}; not written")
-            root.mkdir(parents=True, exist_ok=True)
-            tmp = root / f".{name}.part"
-            tmp.write_bytes(data)
-            tmp.replace(root / name)  # a complete file or none
+            with atomic_write(root / name) as tmp:  # a complete file or none
+                tmp.write_bytes(data)

@@ -68,11 +68,6 @@ def broadcast_module(module: torch.nn.Module) -> None:
             dist.broadcast(tensor, src=0)
 
 
-def barrier() -> None:
-    if world_size() > 1:
-        dist.barrier()
-
-
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -1,7 +1,7 @@
 """Cheaper dropout for training on the CPU (trainer.fast_dropout).
 
-On a CPU, dropout is a large share of a BERT training step (12-25% for e5-small on short
-AFQMC pairs): torch draws a 32-bit float per element for the mask, and SDPA's CPU kernel has no
+On a CPU, dropout is a large share of a BERT training step (measured in benchmarks/RESULTS.md):
+torch draws a 32-bit float per element for the mask, and SDPA's CPU kernel has no
 dropout, so attention dropout sends it to its math path, slower than plain eager attention. Here a
 mask element costs 16 random bits (four from each 64-bit draw), and attention runs eagerly with
 that mask. The keep probability is p rounded to 1/65536; the generator is torch's default one, so
@@ -51,4 +51,5 @@ def use_fast_dropout(model: nn.Module) -> None:
     for module in model.modules():
         if type(module) is nn.Dropout:
             module.__class__ = FastDropout
-    model.set_attn_implementation(ATTENTION)
+    # the outermost transformers model: the model itself, or the encoder inside a plain nn.Module
+    next(m for m in model.modules() if hasattr(m, "set_attn_implementation")).set_attn_implementation(ATTENTION)

@@ -1,4 +1,8 @@
-"""BertForPairwiseCLS: a BERT encoder, a pooled pair vector, dropout and a linear head."""
+"""The model group: its keys, loading a checkpoint (a local directory or a hub name), and the
+registered models, each with how it is built, saved and loaded (the classes are in modeling.py).
+
+transformers loads inside the functions that use it: the config is checked before it has.
+"""
 
 from __future__ import annotations
 
@@ -9,58 +13,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-import torch.nn.functional as F
-from torch import nn
-from transformers import AutoConfig, AutoTokenizer, BertModel, BertPreTrainedModel
-from transformers.modeling_outputs import SequenceClassifierOutput
-
 from .errors import ConfigError, ModelLoadError
 from .registry import MODELS
 from .schema import Key
 
 log = logging.getLogger(__name__)
 POOLINGS = ("cls", "mean")
-MODEL_KEYS = {  # conf/model/bert_cls.yaml, checked before anything loads (afqmc/schema.py)
+MODULE_KEYS = {  # conf/model/bert_pair_module.yaml, checked before anything loads (afqmc/schema.py)
     "checkpoint": Key(str),
     "pretrained": Key(bool),
-    "pooling": Key(str, choices=POOLINGS),
     "dropout": Key(float, null=True, min=0, below=1),
     "do_lower_case": Key(bool, null=True),
     "trust_remote_code": Key(bool),
 }
-
-
-class BertForPairwiseCLS(BertPreTrainedModel):
-    """Built on BertPreTrainedModel so save_pretrained / from_pretrained work and a plain BERT
-    checkpoint's encoder weights load into `bert.*` (only the head starts random).
-
-    The pooling ("cls" or "mean") and the label names live in the model config, so a saved
-    checkpoint reloads as the same model.
-    """
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.pooling = getattr(config, "pooling", "cls")
-        if self.pooling not in POOLINGS:
-            raise ConfigError(f"model.pooling={self.pooling!r}; allowed: {', '.join(POOLINGS)}")
-        self.bert = BertModel(config, add_pooling_layer=False)  # the pooler is unused: no random weights
-        dropout = config.classifier_dropout
-        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
-
-    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None) -> SequenceClassifierOutput:
-        hidden = self.bert(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).last_hidden_state
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:  # mean over real tokens: padding must not dilute short pairs
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        logits = self.classifier(self.dropout(pooled))
-        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+MODEL_KEYS = {**MODULE_KEYS, "pooling": Key(str, choices=POOLINGS)}  # conf/model/bert_cls.yaml
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -81,6 +47,8 @@ def _resolve(checkpoint: str, trust_remote_code: bool = False) -> dict:
 
     Without this, an offline hub name spends ~25 s in download retries before a generic error.
     """
+    from transformers import AutoConfig
+
     if Path(checkpoint).is_dir():
         return {}
     try:
@@ -128,6 +96,8 @@ def max_positions(cfg) -> int | None:
             raise ModelLoadError(f"model.checkpoint={cfg.checkpoint!r}: cannot read {path} ({e})") from None
         limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
     else:
+        from transformers import AutoConfig
+
         where = _resolve(cfg.checkpoint, cfg.trust_remote_code)
         with _loading(cfg.checkpoint):
             config = AutoConfig.from_pretrained(cfg.checkpoint, trust_remote_code=cfg.trust_remote_code, **where)
@@ -147,15 +117,19 @@ def max_length_fits(cfg) -> None:
 
 
 def load_tokenizer(checkpoint: str, do_lower_case: bool | None = None, trust_remote_code: bool = False, **kwargs):
+    from transformers import AutoTokenizer
+
     if do_lower_case is not None:
         kwargs["do_lower_case"] = do_lower_case  # tokenizers without the option ignore it
     # An explicit False: None would prompt "run the custom code? [y/N]" on a terminal.
     return AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code, **kwargs)
 
 
-@MODELS.register("bert_pair_cls", schema=MODEL_KEYS, check=max_length_fits)
-def build_model(cfg, label_names: list[str]):
-    """(model, tokenizer) from the `model` group; label_names[i] is the raw label of class i."""
+def _build(cfg, label_names: list[str], make):
+    """(model, tokenizer): the checkpoint's BERT config with a head for label_names (label_names[i] is the
+    raw label of class i), `make(config, where)` builds the model, the checkpoint's tokenizer."""
+    from transformers import AutoConfig
+
     trust = cfg.trust_remote_code
     where = {**_resolve(cfg.checkpoint, trust), "trust_remote_code": trust}
     with _loading(cfg.checkpoint):
@@ -167,22 +141,78 @@ def build_model(cfg, label_names: list[str]):
             classifier_dropout=cfg.dropout,
             **where,
         )
-        config.pooling = cfg.pooling  # set after loading: from_pretrained drops keys BertConfig lacks
         if config.model_type != "bert":
             raise ConfigError(
                 f"model.checkpoint={cfg.checkpoint!r} is a {config.model_type!r} model; "
-                "model.name=bert_pair_cls needs a BERT encoder"
+                f"model.name={cfg.name} needs a BERT encoder"
             )
-        if cfg.pretrained:
-            model = BertForPairwiseCLS.from_pretrained(cfg.checkpoint, config=config, **where)
-        else:
-            model = BertForPairwiseCLS(config)
+        model = make(config, where)
         tokenizer = load_tokenizer(cfg.checkpoint, cfg.do_lower_case, **where)
     log.info(
         "model: %s (%s, %.1fM parameters, %s pooling)",
         cfg.checkpoint,
         "pretrained" if cfg.pretrained else "random init",
         sum(p.numel() for p in model.parameters()) / 1e6,
-        cfg.pooling,
+        cfg.get("pooling", "cls"),
     )
     return model, tokenizer
+
+
+def save_pretrained(model, directory: Path) -> None:
+    model.save_pretrained(directory)
+
+
+def load_pair_cls(directory: Path):
+    from .modeling import BertForPairwiseCLS
+
+    return BertForPairwiseCLS.from_pretrained(directory).eval()
+
+
+@MODELS.register("bert_pair_cls", schema=MODEL_KEYS, check=max_length_fits, save=save_pretrained, load=load_pair_cls)
+def build_pair_cls(cfg, label_names: list[str]):
+    from .modeling import BertForPairwiseCLS
+
+    def make(config, where):
+        config.pooling = cfg.pooling  # set after loading: from_pretrained drops keys BertConfig lacks
+        if cfg.pretrained:
+            return BertForPairwiseCLS.from_pretrained(cfg.checkpoint, config=config, **where)
+        return BertForPairwiseCLS(config)
+
+    return _build(cfg, label_names, make)
+
+
+WEIGHTS = "model.safetensors"  # tensors only: loading them runs no code
+
+
+def save_module(model, directory: Path) -> None:
+    """BertPairModule: the encoder's config (with the head's labels and dropout) and every weight."""
+    from safetensors.torch import save_file
+
+    model.config.save_pretrained(directory)
+    save_file(model.state_dict(), directory / WEIGHTS)
+
+
+def load_module(directory: Path):
+    from safetensors.torch import load_file
+    from transformers import BertConfig
+
+    from .modeling import BertPairModule
+
+    model = BertPairModule(BertConfig.from_pretrained(directory))
+    model.load_state_dict(load_file(directory / WEIGHTS))
+    return model.eval()
+
+
+@MODELS.register("bert_pair_module", schema=MODULE_KEYS, check=max_length_fits, save=save_module, load=load_module)
+def build_pair_module(cfg, label_names: list[str]):
+    from transformers import BertModel
+
+    from .modeling import BertPairModule
+
+    def make(config, where):
+        bert = None
+        if cfg.pretrained:
+            bert = BertModel.from_pretrained(cfg.checkpoint, config=config, add_pooling_layer=False, **where)
+        return BertPairModule(config, bert)
+
+    return _build(cfg, label_names, make)

@@ -17,15 +17,16 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from .checkpoint import load_model, write_text
 from .data import read_examples
 from .errors import AfqmcError
-from .model import BertForPairwiseCLS, load_tokenizer
+from .model import load_tokenizer
 
 
 class Predictor:
     def __init__(self, checkpoint: str | Path, max_length: int = 128, device: str | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = BertForPairwiseCLS.from_pretrained(checkpoint).to(self.device).eval()
+        self.model = load_model(Path(checkpoint)).to(self.device)
         self.tokenizer = load_tokenizer(str(checkpoint))
         self.max_length = max_length
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             for e, (label, prob) in zip(examples, results)
         )
         if args.output:
-            Path(args.output).write_text(text, encoding="utf-8")
+            write_text(Path(args.output), text)
         else:
             sys.stdout.write(text)
         return 0

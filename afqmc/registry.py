@@ -9,65 +9,96 @@ A component may also declare its YAML's keys, `register("lion", schema={"lr": Ke
 (afqmc/schema.py); run.py then rejects a missing, unknown or out-of-range key before anything loads.
 Without a schema, only the name is checked and the other keys pass through as they are.
 `check=fn` adds a test of the whole config that one group's keys cannot express, fn(cfg) raising ConfigError.
+
+What the trainer asks of each kind of component, so that any registered one works with it:
+- a model (MODELS) registers `build(cfg, label_names) -> (model, tokenizer)`, plus `save=fn(model, directory)`
+  and `load=fn(directory) -> model` (on the CPU, in eval mode): the trainer writes and reloads checkpoints
+  with them and nothing else;
+- a dataset (DATASETS) registers `build(cfg, split) -> dataset`, an object with the attributes of SplitData;
+- a collate function (COLLATORS) `build(cfg, tokenizer, pad_to_multiple_of) -> collate_fn`;
+- an optimizer `build(cfg, model)`, a scheduler `build(cfg, optimizer, total_steps)`, a trainer
+  `build(cfg, output_dir)` with `fit() -> best dev value`.
+
+The built-in components' modules import torch and transformers only when a component is built, so
+that the config is checked within a second of `python run.py` (afqmc/schema.py).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from .errors import ConfigError
 
 
-class Registry:
-    def __init__(self, key: str):
-        self.key = key  # the config key that holds a component's name
-        self._items: dict[str, Callable[..., Any]] = {}
-        self._schemas: dict[str, dict] = {}
-        self._checks: dict[str, Callable[[Any], None]] = {}
+class SplitData(Protocol):
+    """A split as the trainer uses it (afqmc/datasets.py has the built-in ones)."""
 
-    def register(self, name: str, schema: dict | None = None, check: Callable[[Any], None] | None = None):
-        def add(fn):
+    streaming: bool  # True: an IterableDataset read in file order, no len() or lengths()
+    skipped_lines: int  # bad lines left out (dataset.on_bad_line=skip), for summary.json
+
+    def count(self) -> int:
+        """The number of examples (a streaming split reads its file once to count them)."""
+
+    def encode(self, tokenizer, max_length: int) -> None:
+        """Tokenize the split once, before training (a no-op where batches are tokenized as they come)."""
+
+    def lengths(self) -> Sequence[int]:
+        """Each example's length in tokens, after encode() (map-style splits only)."""
+
+    def item_id(self, index: int) -> Any:
+        """The id that a prediction of example `index` is written with (map-style splits only)."""
+
+
+@dataclass(frozen=True)
+class Component:
+    build: Callable[..., Any]
+    schema: dict | None = None  # the keys of its YAML (afqmc/schema.py), None: any keys
+    check: Callable[[Any], None] | None = None  # a test of the whole config, raising ConfigError
+    hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)  # e.g. a model's save and load
+
+
+class Registry:
+    def __init__(self, key: str, hooks: tuple[str, ...] = ()):
+        self.key = key  # the config key that holds a component's name
+        self.hooks = hooks  # what each registration must say besides its builder
+        self._items: dict[str, Component] = {}
+
+    def register(self, name: str, schema: dict | None = None, check: Callable[[Any], None] | None = None, **hooks):
+        if set(hooks) != set(self.hooks):
+            raise TypeError(f"{self.key}={name!r}: a registration takes {', '.join(self.hooks) or 'no hooks'}")
+
+        def add(build):
             if name in self._items:
                 raise ValueError(f"{self.key}={name!r} is registered twice")
-            self._items[name] = fn
-            if schema is not None:
-                self._schemas[name] = schema
-            if check is not None:
-                self._checks[name] = check
-            return fn
+            self._items[name] = Component(build, schema, check, hooks)
+            return build
 
         return add
 
-    def get(self, name: str) -> Callable[..., Any]:
+    def component(self, name: str) -> Component:
         _import_components()
         if name not in self._items:
-            raise ConfigError(f"{self.key}={name!r} is not registered; registered: {', '.join(sorted(self._items))}")
+            registered = ", ".join(sorted(self._items))
+            if name is None:
+                raise ConfigError(f"{self.key} is missing; expected one of: {registered}")
+            raise ConfigError(f"{self.key}={name!r} is not registered; registered: {registered}")
         return self._items[name]
 
-    def schema(self, name: str) -> dict | None:
-        """The keys the component named `name` declared (besides `name`), or None: anything goes."""
-        self.get(name)
-        return self._schemas.get(name)
-
-    def check(self, name: str) -> Callable[[Any], None] | None:
-        """The component's test of the whole config, or None."""
-        self.get(name)
-        return self._checks.get(name)
-
-    def names(self) -> list[str]:
-        _import_components()
-        return sorted(self._items)
+    def get(self, name: str) -> Callable[..., Any]:
+        """The builder registered as `name`."""
+        return self.component(name).build
 
 
 DATASETS = Registry("dataset.name")
 COLLATORS = Registry("dataset.collate")
-MODELS = Registry("model.name")
+MODELS = Registry("model.name", hooks=("save", "load"))
 OPTIMIZERS = Registry("optimizer.name")
 SCHEDULERS = Registry("scheduler.name")
 TRAINERS = Registry("trainer.name")
-_COMPONENT_MODULES = ["afqmc.data", "afqmc.model", "afqmc.optim", "afqmc.trainer"]
+_COMPONENT_MODULES = ["afqmc.data", "afqmc.model", "afqmc.optim", "afqmc.trainer_config"]
 
 
 def _import_components() -> None:
@@ -81,9 +112,4 @@ def check_names(cfg) -> None:
     from omegaconf import OmegaConf
 
     for registry in (DATASETS, COLLATORS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS):
-        registry.get(OmegaConf.select(cfg, registry.key))
-
-
-def build_trainer(cfg, output_dir):
-    check_names(cfg)
-    return TRAINERS.get(cfg.trainer.name)(cfg, output_dir)
+        registry.component(OmegaConf.select(cfg, registry.key))

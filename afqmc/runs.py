@@ -13,6 +13,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from .checkpoint import write_json
+
 SUMMARY = "summary.json"
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 
@@ -25,13 +27,7 @@ def error_line(exc: BaseException) -> str:
 
 def write_failed_summary(run_dir, exc: BaseException, status: str = "failed") -> None:
     """summary.json for a run that raised (or was interrupted), so that a report lists it and says why."""
-    path = Path(run_dir) / SUMMARY
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")  # temp file + rename: a reader never sees half a file
-    tmp.write_text(
-        json.dumps({"status": status, "error": error_line(exc)}, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-    )
-    tmp.replace(path)
+    write_json(Path(run_dir) / SUMMARY, {"status": status, "error": error_line(exc)})
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Batch orders: length-grouped for training, length-sorted for evaluation.
 
-AFQMC pairs are short (about 29 tokens on average, 146 at most), so random batches padded to their
-longest member waste much of the compute on padding; batches of similar lengths waste little.
+Sentence pairs are short and of very different lengths (AFQMC's: benchmarks/RESULTS.md), so random
+batches padded to their longest member waste much of the compute on padding; batches of similar
+lengths waste little.
 """
 
 from __future__ import annotations

@@ -137,15 +137,13 @@ def check_config(cfg: DictConfig) -> None:
     for group in cfg:
         if group not in GROUPS:
             raise ConfigError(unknown_key(group, group, GROUPS))
-    for group, registry in GROUPS.items():
-        name = cfg[group].name
-        schema = registry.schema(name)
-        if schema is not None:
-            check_map(_plain(cfg, group), {"name": Key(str), **schema}, group)
-    for group, registry in GROUPS.items():
-        whole_config_check = registry.check(cfg[group].name)
-        if whole_config_check is not None:
-            whole_config_check(cfg)
+    components = {group: registry.component(cfg[group].name) for group, registry in GROUPS.items()}
+    for group, component in components.items():
+        if component.schema is not None:
+            check_map(_plain(cfg, group), {"name": Key(str), **component.schema}, group)
+    for component in components.values():
+        if component.check is not None:
+            component.check(cfg)
 
 
 def _plain(cfg: DictConfig, group: str) -> dict:

@@ -2,7 +2,9 @@
 
 Everything a run produces lands in its output directory:
 metrics.jsonl, summary.json, checkpoints/best/, checkpoints/last/ (to resume from),
-predictions/<task>_predict.json (run.log is Hydra's).
+predictions/<task>_predict.json (run.log is Hydra's). The components come from the registries
+(afqmc/registry.py) and the files are written by afqmc/checkpoint.py: nothing here knows which
+model or dataset it trains.
 """
 
 from __future__ import annotations
@@ -11,13 +13,11 @@ import contextlib
 import json
 import logging
 import math
-import os
-import re
-import shutil
 import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
@@ -27,60 +27,16 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import set_seed
 
+from . import checkpoint
 from . import distributed as dist
-from .data import StreamingPairDataset, ensure_downloaded, read_examples, skipped_lines
+from .checkpoint import BEST, LAST, STATE, MetricsLog, TrainState
 from .errors import ConfigError, Interrupted, TrainingError
-from .fast_dropout import use_fast_dropout
 from .metrics import classification_metrics
-from .model import BertForPairwiseCLS
-from .registry import COLLATORS, DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS
-from .resume import LAST, STATE, config_changes, config_snapshot, find_last, rng_state, set_rng_state
+from .registry import COLLATORS, DATASETS, MODELS, OPTIMIZERS, SCHEDULERS
 from .runs import completed_summary
 from .sampling import TrainBatchSampler, sorted_batches, split_by_length
-from .schema import Key
 
 log = logging.getLogger(__name__)
-METRICS = ("accuracy", "f1_macro", "f1_pos", "precision_pos", "recall_pos", "loss")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-TRAINER_KEYS = {  # conf/trainer/default.yaml, checked before anything loads (afqmc/schema.py)
-    "epochs": Key(int, min=1),
-    "max_steps": Key(int, null=True, min=1),
-    "batch_size": Key(int, min=1),
-    "eval_batch_size": Key(int, min=1),
-    "grad_accum_steps": Key(int, min=1),
-    "max_grad_norm": Key(float, null=True, above=0),
-    "precision": Key(str, choices=PRECISIONS),
-    "device": Key(str, rule=lambda d: re.fullmatch(r"auto|cpu|cuda(:\d+)?", d), says="auto, cpu, cuda or cuda:N"),
-    "seed": Key(int, min=0, max=2**32 - 1),  # NumPy's seed range
-    "log_every": Key(int, min=1),
-    "metric": Key(str, choices=METRICS),
-    "num_workers": Key(int, min=0),
-    "predict": Key(bool),
-    "group_by_length": Key(bool),
-    "compile": Key(bool),
-    "split_padding": Key(float, null=True, above=0, max=1),
-    "fast_dropout": Key(bool),
-    "cpu_threads": Key(int, null=True, min=1),
-    "save_every_steps": Key(int, null=True, min=1),
-    "resume": Key(bool),
-}
-
-
-def metric_fits_labels(cfg) -> None:
-    """The *_pos metrics (of label 1) exist for two classes only: otherwise a KeyError after the first epoch."""
-    n = len(cfg.dataset.label_map)
-    if cfg.trainer.metric.endswith("_pos") and n != 2:
-        raise ConfigError(
-            f"trainer.metric={cfg.trainer.metric!r} needs 2 labels, dataset.label_map has {n}; "
-            "allowed: accuracy, f1_macro, loss"
-        )
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Temp file + rename: a reader (or a crash) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 @contextlib.contextmanager
@@ -105,14 +61,15 @@ def ctrl_c_flag():
         signal.signal(signal.SIGINT, previous)
 
 
-@TRAINERS.register("default", schema=TRAINER_KEYS, check=metric_fits_labels)
 class Trainer:
     def __init__(self, cfg, output_dir):
         self.cfg, self.tcfg = cfg, cfg.trainer
-        self.out = Path(output_dir)  # the keys' types and ranges were checked by afqmc.schema before this
+        self.out = Path(output_dir)
+        self.built = False
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
+        """Builds the model, data, optimizer and, with trainer.resume, their state from checkpoints/last."""
         self._setup_run()
         self._setup_training()
 
@@ -126,23 +83,23 @@ class Trainer:
         self._setup_model()
         self._setup_data()
         self._setup_optimizer()
-        self.resumed = self._load_last() if self.tcfg.resume else None
-        self.metrics_file = None
+        self.state = self._load_last() if self.tcfg.resume else TrainState()
+        self.metrics = None
         if dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
-            metrics = self.out / "metrics.jsonl"
-            # Resuming replays the steps past the checkpoint: drop their records, or they would be there twice.
-            if self.tcfg.resume and metrics.exists():
-                os.truncate(metrics, self.resumed["metrics_offset"] if self.resumed else 0)
-            self.metrics_file = open(metrics, "a", encoding="utf-8")
+            # Resuming replays the steps past the checkpoint: their records go, or they would be there twice.
+            self.metrics = MetricsLog(
+                self.out / "metrics.jsonl", self.state.metrics_offset if self.tcfg.resume else None
+            )
+        self.built = True
 
     def _setup_device(self) -> torch.device:
         want = self.tcfg.device
-        device = torch.device(
-            "cuda" if want == "auto" and torch.cuda.is_available() else "cpu" if want == "auto" else want
-        )
+        if want == "auto":
+            want = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(want)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"trainer.device={want!r} but CUDA is not available; allowed here: auto, cpu")
+            raise ConfigError(f"trainer.device={self.tcfg.device!r} but CUDA is not available; allowed here: auto, cpu")
         device = dist.init(device.type) or device  # under torchrun: this rank's GPU
         precision = self.tcfg.precision
         if precision == "auto":
@@ -167,15 +124,13 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _setup_model(self) -> None:
-        label_map = self.cfg.dataset.label_map
-        if sorted(label_map.values()) != list(range(len(label_map))):
-            raise ConfigError(
-                f"dataset.label_map={dict(label_map)}: class indices must be 0..{len(label_map) - 1}, each once"
-            )
+        label_map = self.cfg.dataset.label_map  # raw label -> class index 0..N-1 (the schema checked)
         self.label_names = [str(raw) for raw, _ in sorted(label_map.items(), key=lambda kv: kv[1])]
         self.model, self.tokenizer = MODELS.get(self.cfg.model.name)(self.cfg.model, self.label_names)
         self.model.to(self.device)
-        if self.device.type == "cpu" and self.tcfg.fast_dropout:  # dropout: 12-25% of a CPU step (fast_dropout.py)
+        if self.device.type == "cpu" and self.tcfg.fast_dropout:  # dropout is costly on a CPU (fast_dropout.py)
+            from .fast_dropout import use_fast_dropout
+
             use_fast_dropout(self.model)
         # self.model is the plain module that gets saved and reloaded; self.forward trains it and
         # self.infer evaluates it (never through DDP: ranks score different numbers of batches).
@@ -184,13 +139,12 @@ class Trainer:
             ddp = DistributedDataParallel(
                 self.model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,
-            )  # BERT's only buffers are constant position ids
+                broadcast_buffers=False,  # BERT's only buffers are constant position ids
+            )
             self.forward = torch.compile(ddp) if self.tcfg.compile else ddp
 
     def _setup_data(self) -> None:
         dcfg, t = self.cfg.dataset, self.tcfg
-        ensure_downloaded(dcfg)
         build = DATASETS.get(dcfg.name)
         self.train_set, self.dev_set = build(dcfg, "train"), build(dcfg, "dev")
         self.test_set = build(dcfg, "test") if t.predict and dcfg.splits.get("test") else None
@@ -206,24 +160,22 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator(),
         )
-        streaming = isinstance(self.train_set, StreamingPairDataset)
         for ds in (self.train_set, self.dev_set, self.test_set):
-            if ds is not None and not isinstance(ds, StreamingPairDataset):
+            if ds is not None:
                 ds.encode(self.tokenizer, dcfg.max_length)  # once per split, not once per batch and epoch
         rank, world = dist.rank(), dist.world_size()
-        if streaming:  # file order, tokenized batch by batch
+        n_train = self.train_set.count()
+        if self.train_set.streaming:  # file order, tokenized batch by batch
             if world > 1:  # ranks would need equal batch counts from a file of unknown length
                 raise ConfigError("dataset.streaming=true runs in one process only; allowed under torchrun: false")
             self.train_sampler = None
             self.train_loader = DataLoader(self.train_set, batch_size=t.batch_size, **loader)
-            n_train = self._count(self.train_set)
             self.batches_per_epoch = math.ceil(n_train / t.batch_size)
         else:
             self.train_sampler = TrainBatchSampler(
                 self.train_set.lengths(), t.batch_size, t.seed, t.group_by_length, rank=rank, world=world
             )
             self.train_loader = DataLoader(self.train_set, batch_sampler=self.train_sampler, **loader)
-            n_train = len(self.train_set)
             self.batches_per_epoch = len(self.train_sampler)
         # Each rank scores every world-th batch; _forward_all gathers them, so each pair counts once.
         self.eval_loaders = {
@@ -231,16 +183,8 @@ class Trainer:
             for split, ds in (("dev", self.dev_set), ("test", self.test_set))
             if ds is not None
         }
-        log.info(
-            "data: %d train, %d dev, %s test pairs",
-            n_train,
-            len(self.dev_set),
-            len(self.test_set) if self.test_set is not None else "no",
-        )
-
-    def _count(self, ds: StreamingPairDataset) -> int:
-        """A streaming split has no len(); one pass over the file sizes the LR schedule."""
-        return sum(1 for _ in islice(read_examples(ds.path, ds.cfg, True), ds.limit))
+        n_test = self.test_set.count() if self.test_set is not None else "no"
+        log.info("data: %d train, %d dev, %s test pairs", n_train, self.dev_set.count(), n_test)
 
     def _setup_optimizer(self) -> None:
         t = self.tcfg
@@ -253,26 +197,29 @@ class Trainer:
 
     # ---------------------------------------------------------------- train
     def fit(self) -> float:
-        self._setup_run()
-        if self.tcfg.resume and (summary := completed_summary(self.out)) is not None:
-            log.info(
-                "trainer.resume=true and %s completed: skipped (best %s %.4f)",
-                self.out,
-                summary["best"]["metric"],
-                summary["best"]["value"],
-            )
-            return summary["best"]["value"]
-        self._setup_training()
+        if not self.built:  # (setup() may have been called already)
+            self._setup_run()
+            if self.tcfg.resume and (summary := completed_summary(self.out)) is not None:
+                best = summary["best"]
+                log.info(
+                    "trainer.resume=true and %s completed: skipped (best %s %.4f)",
+                    self.out,
+                    best["metric"],
+                    best["value"],
+                )
+                return best["value"]
+            self._setup_training()
         with ctrl_c_flag() as self.ctrl_c:
             self.train()
         return self.finish()
 
     def train(self) -> None:
-        t, model = self.tcfg, self.model
-        first_epoch, done, running = self._start_progress()
+        t, model, s = self.tcfg, self.model, self.state
+        first_epoch, done = s.epoch, s.batch
+        running = None if s.running_loss is None else s.running_loss.to(self.device)
         show_bar = sys.stderr.isatty()
         for epoch in range(first_epoch, t.epochs + 1):
-            if self.step >= self.total_steps:
+            if s.step >= self.total_steps:
                 break
             model.train()
             batches = self.train_loader
@@ -293,7 +240,7 @@ class Trainer:
                 batch.pop("index")
                 stepping = (i + 1) % t.grad_accum_steps == 0 or i + 1 == self.batches_per_epoch
                 loss = self._forward_backward(batch, stepping)
-                self.samples += len(batch["labels"]) * dist.world_size()
+                s.samples += len(batch["labels"]) * dist.world_size()
                 # an exponential moving average, kept on the device: reading it each step would sync
                 running = loss.detach() if running is None else 0.9 * running + 0.1 * loss.detach()
                 if not stepping:
@@ -305,13 +252,13 @@ class Trainer:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
-                self.step += 1
-                if self.step % t.log_every == 0:
+                s.step += 1
+                if s.step % t.log_every == 0:
                     lr = self.scheduler.get_last_lr()[0]
                     record = {
                         "type": "train",
                         "epoch": epoch,
-                        "step": self.step,
+                        "step": s.step,
                         "loss": dist.mean(running).item(),
                         "lr": lr,
                     }
@@ -319,24 +266,19 @@ class Trainer:
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
                     if not show_bar:
                         log.info(
-                            "epoch %d step %d/%d loss %.4f lr %.2e",
-                            epoch,
-                            self.step,
-                            self.total_steps,
-                            record["loss"],
-                            lr,
+                            "epoch %d step %d/%d loss %.4f lr %.2e", epoch, s.step, self.total_steps, record["loss"], lr
                         )
                     self._check_finite(record["loss"], epoch, weights=False)
-                if self._stop_requested(logged=self.step % t.log_every == 0):
+                if self._stop_requested(logged=s.step % t.log_every == 0):
                     self._save_last(epoch, i + 1, running)
                     raise Interrupted(
-                        f"Ctrl-C at epoch {epoch}, step {self.step}: saved {self.out / LAST}; "
+                        f"Ctrl-C at epoch {epoch}, step {s.step}: saved {self.out / LAST}; "
                         f"go on with: python run.py hydra.run.dir={self.out} trainer.resume=true"
                     )
-                if self.step >= self.total_steps:
+                if s.step >= self.total_steps:
                     break
-                if t.save_every_steps and self.step % t.save_every_steps == 0 and i + 1 < self.batches_per_epoch:
-                    self.train_seconds += time.perf_counter() - start
+                if t.save_every_steps and s.step % t.save_every_steps == 0 and i + 1 < self.batches_per_epoch:
+                    s.train_seconds += time.perf_counter() - start
                     self._save_last(epoch, i + 1, running)
                     start = time.perf_counter()  # writing a checkpoint is no training time
             bar.close()
@@ -345,7 +287,7 @@ class Trainer:
             done, running = 0, None
             if self.device.type == "cuda":
                 torch.cuda.synchronize()  # queued kernels belong to this epoch's time
-            self.train_seconds += time.perf_counter() - start
+            s.train_seconds += time.perf_counter() - start
             self._end_epoch(epoch)
             self._save_last(epoch + 1, 0, None)
 
@@ -374,7 +316,7 @@ class Trainer:
         norm = torch.nn.utils.get_total_norm(list(self.model.parameters())).item() if weights else 0.0
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise TrainingError(
-                f"training diverged at epoch {epoch}, step {self.step}: running loss {loss:.4g}"
+                f"training diverged at epoch {epoch}, step {self.state.step}: running loss {loss:.4g}"
                 + (f", weights' norm {norm:.4g}" if weights else "")
                 + "; the checkpoints already written are from "
                 "before it. Try a lower optimizer.lr, trainer.max_grad_norm (clipping) or trainer.precision=fp32"
@@ -387,31 +329,32 @@ class Trainer:
         return logged and dist.mean(torch.tensor(float(self.ctrl_c.is_set()), device=self.device)).item() > 0
 
     def _end_epoch(self, epoch: int) -> None:
+        s = self.state
         metrics = self.evaluate("dev")
-        self._log({"type": "eval", "split": "dev", "epoch": epoch, "step": self.step, **metrics})
+        self._log({"type": "eval", "split": "dev", "epoch": epoch, "step": s.step, **metrics})
         log.info("epoch %d dev: %s", epoch, " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         metric, value = self.tcfg.metric, metrics[self.tcfg.metric]
-        better = self.best is None or (value < self.best["value"] if metric == "loss" else value > self.best["value"])
+        better = s.best is None or (value < s.best["value"] if metric == "loss" else value > s.best["value"])
         if better:
-            self.best = {"epoch": epoch, "metric": metric, "value": value}
-            self.best_dev, self.best_step = metrics, self.step
+            s.best = {"epoch": epoch, "metric": metric, "value": value}
+            s.best_dev, s.best_step = metrics, s.step
             if dist.is_main():
-                self.save(self.out / "checkpoints" / "best")
+                checkpoint.save(self.out / BEST, self.cfg.model.name, self.model, self.tokenizer)
             log.info("new best %s %.4f at epoch %d: saved checkpoints/best", metric, value, epoch)
 
-    @torch.inference_mode()
     def _forward_all(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(dataset indices, logits, labels or None) for a whole split, in dataset order."""
         self.model.eval()
         indices, logits, labels = [], [], []
-        for batch in self.eval_loaders[split]:
-            indices.append(batch.pop("index"))
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            y = batch.pop("labels", None)
-            with self.autocast():
-                logits.append(self.infer(**batch).logits.float().cpu())
-            if y is not None:
-                labels.append(y.cpu())
+        with torch.inference_mode():
+            for batch in self.eval_loaders[split]:
+                indices.append(batch.pop("index"))
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                y = batch.pop("labels", None)
+                with self.autocast():
+                    logits.append(self.infer(**batch).logits.float().cpu())
+                if y is not None:
+                    labels.append(y.cpu())
         parts = dist.gather([torch.cat(x) for x in (indices, logits, labels) if x])  # a rank may have no batch
         indices, logits, *labels = (torch.cat(column) for column in zip(*[p for p in parts if p]))
         order = indices.argsort()
@@ -423,149 +366,109 @@ class Trainer:
         metrics["loss"] = torch.nn.functional.cross_entropy(logits, labels).item()
         return metrics
 
-    def predict(self) -> Path:
-        """CLUE's submission format: one {"id": ..., "label": raw label} per test line, in file order."""
+    def predict(self) -> Path | None:
+        """CLUE's submission format: one {"id": ..., "label": raw label} per test line, in file order.
+        Returns the file's path on rank 0, None on the other ranks (which write nothing)."""
         indices, logits, _ = self._forward_all("test")
         if not dist.is_main():
             return None
         path = self.out / "predictions" / f"{self.cfg.dataset.task}_predict.json"
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with checkpoint.atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for i, pred in zip(indices.tolist(), logits.argmax(-1).tolist()):
-                f.write(
-                    json.dumps(
-                        {"id": self.test_set.examples[i]["id"], "label": self.label_names[pred]}, ensure_ascii=False
-                    )
-                    + "\n"
-                )
-        tmp.replace(path)
+                record = {"id": self.test_set.item_id(i), "label": self.label_names[pred]}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
         return path
 
-    # ---------------------------------------------------------------- resume
-    def _start_progress(self) -> tuple[int, int, torch.Tensor | None]:
-        """Counters and best so far, fresh or from checkpoints/last; returns where training goes on:
-        (epoch, batches of it already done, the running loss)."""
-        state = self.resumed or {}
-        self.step, self.samples, self.train_seconds = (
-            state.get("step", 0),
-            state.get("samples", 0),
-            state.get("train_seconds", 0.0),
-        )
-        self.best = state.get("best")  # {"epoch", "metric", "value"}
-        self.best_dev, self.best_step = state.get("best_dev"), state.get("best_step")
-        running = state.get("running_loss")
-        return state.get("epoch", 1), state.get("batch", 0), None if running is None else running.to(self.device)
-
+    # ---------------------------------------------------------------- checkpoints/last
     def _save_last(self, epoch: int, batch: int, running: torch.Tensor | None) -> None:
         """checkpoints/last: the weights and all a resumed run needs to go on at batch `batch` of `epoch`."""
         if running is not None:  # (None at an epoch's end: checked before the evaluation)
             self._check_finite(running, epoch)
-        rngs = dist.gather(rng_state(self.device))  # each rank's: their dropout draws differ
+        rngs = dist.gather(checkpoint.rng_state(self.device))  # each rank's: their dropout draws differ
         if not dist.is_main():
             return
-        state = {
-            "epoch": epoch,
-            "batch": batch,
-            "step": self.step,
-            "samples": self.samples,
-            "train_seconds": self.train_seconds,
-            "best": self.best,
-            "best_dev": self.best_dev,
-            "best_step": self.best_step,
-            "running_loss": None if running is None else running.detach().cpu(),
-            "metrics_offset": self.metrics_file.tell(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rngs,
-            "config": config_snapshot(self.cfg),
-        }
-        self.save(self.out / LAST, state)
+        state = replace(
+            self.state,
+            epoch=epoch,
+            batch=batch,
+            running_loss=None if running is None else running.detach().cpu(),
+            metrics_offset=self.metrics.offset(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(),
+            rng=rngs,
+            config=checkpoint.config_snapshot(self.cfg),
+        )
+        checkpoint.save(self.out / LAST, self.cfg.model.name, self.model, self.tokenizer, state)
 
-    def _load_last(self) -> dict | None:
-        """Weights, optimizer, scheduler, scaler and RNG states from checkpoints/last; the rest is returned."""
-        path = find_last(self.out)
+    def _load_last(self) -> TrainState:
+        """Weights, optimizer, scheduler, scaler and RNG states from checkpoints/last; returns its progress
+        (a fresh TrainState when there is none)."""
+        path = checkpoint.find_last(self.out)
         if path is None:
             log.info("trainer.resume=true but no %s: starting from scratch", self.out / LAST)
-            return None
-        state = torch.load(path / STATE, map_location="cpu", weights_only=True)
-        changes = config_changes(state["config"], config_snapshot(self.cfg))
-        if len(state["rng"]) != dist.world_size():  # each rank has its share of the batches: another split of them
-            changes.append(f"processes: {len(state['rng'])} -> {dist.world_size()}")
+            return TrainState()
+        state = TrainState.load(path / STATE)
+        changes = checkpoint.config_changes(state.config, checkpoint.config_snapshot(self.cfg))
+        if len(state.rng) != dist.world_size():  # each rank has its share of the batches: another split of them
+            changes.append(f"processes: {len(state.rng)} -> {dist.world_size()}")
         if changes:  # the same batches and steps would mean another run: give the run's own overrides
             raise ConfigError(
                 f"trainer.resume=true, but the config differs from the one {path} was written with: "
                 f"{'; '.join(changes)}. Resume with the overrides the run was started with"
             )
-        self.model.load_state_dict(BertForPairwiseCLS.from_pretrained(path).state_dict())
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"][dist.rank()], self.device)  # last thing before training: nothing draws in between
-        log.info("resuming from %s: epoch %d, batch %d, step %d", path, state["epoch"], state["batch"], state["step"])
-        return {k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "scaler", "rng", "config")}
+        self.model.load_state_dict(checkpoint.load_model(path).state_dict())
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        self.scaler.load_state_dict(state.scaler)
+        checkpoint.set_rng_state(state.rng[dist.rank()], self.device)  # last: nothing draws in between
+        log.info("resuming from %s: epoch %d, batch %d, step %d", path, state.epoch, state.batch, state.step)
+        return state.progress()
 
-    def save(self, path: Path, state: dict | None = None) -> None:
-        """Model + tokenizer (+ a training state), written beside the old copy and swapped in:
-        a process killed mid-save leaves the old one whole (see resume.restore)."""
-        tmp = path.with_name(f".{path.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        if state is not None:
-            torch.save(state, tmp / STATE)
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)  # one left by a kill after a swap: path is whole, it is stale
-            path.rename(old)
-        tmp.rename(path)  # killed between these two renames: .old is the whole previous copy
-        shutil.rmtree(old, ignore_errors=True)
-
+    # ---------------------------------------------------------------- the end
     def finish(self) -> float:
         """Reload the best checkpoint, score dev with it, predict test, write summary.json."""
-        best_dir = self.out / "checkpoints" / "best"
-        dev = self.best_dev
-        if self.best_step != self.step:  # the model moved on since the best epoch: score the saved best
+        s = self.state
+        dev = s.best_dev
+        if s.best_step != s.step:  # the model moved on since the best epoch: score the saved best
             if dist.is_main():
-                self.model.load_state_dict(BertForPairwiseCLS.from_pretrained(best_dir).state_dict())
+                self.model.load_state_dict(checkpoint.load_model(self.out / BEST).state_dict())
             dist.broadcast_module(self.model)
             dev = self.evaluate("dev")
         predictions = self.predict() if self.test_set is not None else None
         if not dist.is_main():
-            return self.best["value"]
+            return s.best["value"]
+        splits = {"train": self.train_set, "dev": self.dev_set, "test": self.test_set}
         summary = {
             "status": "completed",
-            "best": self.best,
+            "best": s.best,
             "dev": dev,
             "train": {
-                "seconds": self.train_seconds,
-                "samples": self.samples,
-                "samples_per_second": self.samples / self.train_seconds if self.train_seconds else 0.0,
-                "steps": self.step,
+                "seconds": s.train_seconds,
+                "samples": s.samples,
+                "samples_per_second": s.samples / s.train_seconds if s.train_seconds else 0.0,
+                "steps": s.step,
             },
             "output_dir": str(self.out.resolve()),
-            "checkpoint": str(best_dir.resolve()),
+            "checkpoint": str((self.out / BEST).resolve()),
             "predictions": str(predictions.resolve()) if predictions else None,
-            "data": {"skipped_lines": skipped_lines(train=self.train_set, dev=self.dev_set, test=self.test_set)},
+            "data": {"skipped_lines": {split: ds.skipped_lines for split, ds in splits.items() if ds is not None}},
             "device": str(self.device),
             "precision": self.precision,
             "world_size": dist.world_size(),
             "global_batch_size": self.tcfg.batch_size * self.tcfg.grad_accum_steps * dist.world_size(),
         }
-        write_json_atomic(self.out / "summary.json", summary)
+        checkpoint.write_json(self.out / "summary.json", summary)
         log.info(
             "best %s %.4f (epoch %d); dev with best checkpoint: %s",
-            self.best["metric"],
-            self.best["value"],
-            self.best["epoch"],
+            s.best["metric"],
+            s.best["value"],
+            s.best["epoch"],
             " ".join(f"{k} {v:.4f}" for k, v in dev.items()),
         )
-        self.metrics_file.close()
-        return self.best["value"]
+        self.metrics.close()
+        return s.best["value"]
 
     def _log(self, record: dict) -> None:
-        if self.metrics_file is None:  # not rank 0
-            return
-        self.metrics_file.write(json.dumps({"time": time.time(), **record}) + "\n")
-        self.metrics_file.flush()
+        if self.metrics is not None:  # rank 0 only
+            self.metrics.append({"time": time.time(), **record})

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup, set_seed
 
 from afqmc.metrics import classification_metrics
-from afqmc.model import BertForPairwiseCLS
+from afqmc.modeling import BertForPairwiseCLS
 
 
 def load_pairs(data_dir: str, split: str, limit: int | None = None) -> list[dict]:

@@ -31,8 +31,7 @@ LOOPS = {
 def run_ours(args, out_dir: str) -> dict:
     from hydra import compose, initialize_config_dir
 
-    import afqmc  # noqa: F401
-    from afqmc.trainer import Trainer
+    import afqmc
 
     overrides = [
         f"dataset.root={args.data}",
@@ -54,7 +53,7 @@ def run_ours(args, out_dir: str) -> dict:
     ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    Trainer(cfg, out_dir).fit()
+    afqmc.train(cfg, out_dir)
     train = json.loads((Path(out_dir) / "summary.json").read_text())["train"]
     return {"samples": train["samples"], "seconds": train["seconds"]}
 

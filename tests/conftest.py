@@ -55,7 +55,7 @@ def tiny_bert_dir(tmp_path_factory):
     """A randomly initialised 2-layer BERT (hidden 48, not 768) saved with a character vocabulary."""
     from transformers import BertConfig, BertTokenizer
 
-    from afqmc.model import BertForPairwiseCLS
+    from afqmc.modeling import BertForPairwiseCLS
 
     path = tmp_path_factory.mktemp("tiny-bert")
     chars = sorted(set("借呗怎么还款如何花额度余收益信用卡逾期晚支付宝开通网商贷关闭是的吗"))
@@ -69,7 +69,7 @@ def tiny_bert_dir(tmp_path_factory):
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        max_position_embeddings=64,
+        max_position_embeddings=128,
         num_labels=2,
     )
     BertForPairwiseCLS(config).save_pretrained(path)

@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from afqmc.model import BertForPairwiseCLS
-from afqmc.resume import find_last
+from afqmc.checkpoint import TrainState, find_last
+from afqmc.modeling import BertForPairwiseCLS
 
 from .conftest import ROOT, run_py
 
@@ -82,18 +82,17 @@ def test_ctrl_c_saves_last_marks_the_summary_and_resumes(tmp_path):
 KILLED_SAVE = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from types import SimpleNamespace
     import torch
     from transformers import AutoTokenizer
-    from afqmc.model import BertForPairwiseCLS
-    from afqmc.trainer import Trainer
+    from afqmc import checkpoint
+    from afqmc.checkpoint import TrainState
+    from afqmc.modeling import BertForPairwiseCLS
 
     source, target, when = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     model, tokenizer = BertForPairwiseCLS.from_pretrained(source), AutoTokenizer.from_pretrained(source)
-    saver = SimpleNamespace(model=model, tokenizer=tokenizer)
-    Trainer.save(saver, target, {"step": 1})
+    checkpoint.save(target, "bert_pair_cls", model, tokenizer, TrainState(step=1))
     with torch.no_grad():
-        for p in saver.model.parameters():
+        for p in model.parameters():
             p.add_(1.0)
     die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
     if when == "writing":  # the weights are written, the state is not yet
@@ -101,7 +100,7 @@ KILLED_SAVE = textwrap.dedent("""
     else:  # the old copy is renamed aside, the new one not yet in its place
         rename = Path.rename
         Path.rename = lambda self, to: die() if self.name.endswith(".tmp") else rename(self, to)
-    Trainer.save(saver, target, {"step": 2})
+    checkpoint.save(target, "bert_pair_cls", model, tokenizer, TrainState(step=2))
 """)
 
 
@@ -117,5 +116,5 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path, tiny_bert
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert find_last(tmp_path) == last  # (puts the previous copy back if the kill fell between the renames)
-    assert torch.load(last / "state.pt", weights_only=True) == {"step": 1}
+    assert TrainState.load(last / "state.pt").step == 1
     assert total_norm(last) == pytest.approx(total_norm(tiny_bert_dir))  # the weights before the +1

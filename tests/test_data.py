@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from afqmc.data import PairCollator, StreamingPairDataset, build_dataset, ensure_downloaded, read_examples
+from afqmc.data import build_dataset, ensure_downloaded, read_examples
+from afqmc.datasets import PairCollator, StreamingPairDataset
 from afqmc.errors import DataError
 
 from .conftest import compose_cfg, write_jsonl
@@ -179,7 +180,7 @@ def test_skip_counts_and_logs_bad_lines(tmp_path, caplog):
 
 
 def test_summary_counts_skipped_lines_per_split(tmp_path, pairs_dir, tiny_bert_dir):
-    from afqmc.trainer import Trainer
+    import afqmc
 
     with open(pairs_dir / "train.json", "a", encoding="utf-8") as f:
         f.write("{broken\n" + '{"sentence1": "a", "sentence2": "b", "label": "7"}\n')
@@ -194,7 +195,7 @@ def test_summary_counts_skipped_lines_per_split(tmp_path, pairs_dir, tiny_bert_d
             "trainer.max_steps=1",
         ]
     )
-    Trainer(cfg, tmp_path).fit()
+    afqmc.train(cfg, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["data"] == {"skipped_lines": {"train": 2, "dev": 0, "test": 1}}
 
@@ -210,7 +211,7 @@ def test_skip_with_only_bad_lines_is_an_error(tmp_path):
 
 def test_missing_split_and_empty_file(tmp_path):
     with pytest.raises(DataError, match=r"train.json: split file 'train' not found"):
-        build_dataset(afqmc_cfg(tmp_path), "train")
+        build_dataset(afqmc_cfg(tmp_path, "dataset.download=null"), "train")  # (with a download: see below)
     (tmp_path / "train.json").write_text("")
     with pytest.raises(DataError, match=r"train.json: no examples \(the file is empty\)"):
         build_dataset(afqmc_cfg(tmp_path), "train")

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from afqmc.trainer import Trainer
+from afqmc.trainer_config import build_trainer
 
 from .conftest import ROOT, compose_cfg
 
@@ -49,7 +49,7 @@ def test_torchrun_two_processes_one_run_directory(tmp_path):
             "trainer.predict=false",
         ]
     )
-    single = Trainer(cfg, tmp_path / "single")
+    single = build_trainer(cfg, tmp_path / "single")
     single.setup()
     dev = single.evaluate("dev")
     assert dev.keys() == summary["dev"].keys()

@@ -4,7 +4,7 @@ reloads as usual."""
 import torch
 
 from afqmc.fast_dropout import fast_dropout, use_fast_dropout
-from afqmc.model import BertForPairwiseCLS
+from afqmc.modeling import BertForPairwiseCLS
 
 from .test_model import BATCH
 

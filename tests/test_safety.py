@@ -3,14 +3,13 @@
 import ast
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 import afqmc
+from afqmc import checkpoint
 from afqmc.errors import ModelLoadError
-from afqmc.model import build_model
-from afqmc.trainer import Trainer
+from afqmc.model import build_pair_cls as build_model
 
 from .conftest import compose_cfg
 from .test_model import model_cfg
@@ -19,7 +18,7 @@ from .test_model import model_cfg
 def test_checkpoints_are_safetensors_only(tiny_bert_dir, tmp_path):
     """safetensors holds tensors only: loading it cannot run code, as a pickled .bin can."""
     model, tokenizer = build_model(model_cfg(tiny_bert_dir), ["0", "1"])
-    Trainer.save(SimpleNamespace(model=model, tokenizer=tokenizer), tmp_path / "best")  # the trainer's own save
+    checkpoint.save(tmp_path / "best", "bert_pair_cls", model, tokenizer)  # the trainer's own save
     files = {p.name for p in (tmp_path / "best").iterdir()}
     assert "model.safetensors" in files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))], files
@@ -86,12 +85,17 @@ def test_remote_code_is_refused_by_default(custom_code_checkpoint):
     assert not (custom_code_checkpoint / "RAN").exists()
 
 
-def test_trust_remote_code_reaches_every_loader(tiny_bert_dir, monkeypatch):
+@pytest.mark.parametrize("name", ["bert_pair_cls", "bert_pair_module"])
+def test_trust_remote_code_reaches_every_loader(tiny_bert_dir, monkeypatch, name):
     """model.trust_remote_code=true is passed on to the config, weights and tokenizer loaders."""
-    import afqmc.model as m
+    import transformers
 
+    from afqmc.modeling import BertForPairwiseCLS
+    from afqmc.registry import MODELS
+
+    weights = BertForPairwiseCLS if name == "bert_pair_cls" else transformers.BertModel
     seen = []
-    for cls in (m.AutoConfig, m.AutoTokenizer, m.BertForPairwiseCLS):
+    for cls in (transformers.AutoConfig, transformers.AutoTokenizer, weights):
         real = cls.from_pretrained.__func__
 
         def spy(cls_, *args, _real=real, **kwargs):
@@ -99,6 +103,6 @@ def test_trust_remote_code_reaches_every_loader(tiny_bert_dir, monkeypatch):
             return _real(cls_, *args, **kwargs)
 
         monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
-    build_model(model_cfg(tiny_bert_dir, trust_remote_code=True), ["0", "1"])
-    assert {name for name, _ in seen} == {"AutoConfig", "AutoTokenizer", "BertForPairwiseCLS"}
+    MODELS.get(name)(model_cfg(tiny_bert_dir, trust_remote_code=True, name=name), ["0", "1"])
+    assert {cls for cls, _ in seen} == {"AutoConfig", "AutoTokenizer", weights.__name__}
     assert all(trust is True for _, trust in seen), seen

@@ -4,7 +4,7 @@ import random
 
 import torch
 
-from afqmc.model import BertForPairwiseCLS
+from afqmc.modeling import BertForPairwiseCLS
 from afqmc.sampling import TrainBatchSampler, sorted_batches, split_by_length
 
 _rng = random.Random(0)

@@ -7,7 +7,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from afqmc.errors import ConfigError
-from afqmc.registry import OPTIMIZERS
+from afqmc.registry import OPTIMIZERS, Component
 from afqmc.schema import Key, check_config, compose_error
 
 from .conftest import CONF, compose_cfg
@@ -129,9 +129,9 @@ def test_label_1_metrics_need_two_labels(local_bert):
 
 def test_a_component_without_schema_takes_any_keys(local_bert, monkeypatch):
     """A new optimizer is one decorated function and one YAML; declaring its keys is optional."""
-    monkeypatch.setitem(OPTIMIZERS._items, "lion", lambda cfg, model: None)
+    monkeypatch.setitem(OPTIMIZERS._items, "lion", Component(lambda cfg, model: None))
     checked(local_bert, "optimizer.name=lion", "+optimizer.anything=1")
-    monkeypatch.setitem(OPTIMIZERS._schemas, "lion", {"lr": Key(float, above=0)})
+    monkeypatch.setitem(OPTIMIZERS._items, "lion", Component(lambda cfg, model: None, {"lr": Key(float, above=0)}))
     with pytest.raises(ConfigError, match=r"optimizer.betas=\[0.9, 0.999\]: unknown key; keys of optimizer: lr, name"):
         checked(local_bert, "optimizer.name=lion", "~optimizer.weight_decay", "~optimizer.eps")
 
@@ -149,7 +149,7 @@ def test_max_length_within_a_local_checkpoints_positions(local_bert):
 
 def test_max_length_of_a_hub_model_checked_from_its_config_alone(monkeypatch):
     """A hub name's limit comes from its config.json, fetched or cached alone, before any weights."""
-    from transformers import BertConfig
+    from transformers import AutoConfig, BertConfig
 
     import afqmc.model
 
@@ -160,7 +160,7 @@ def test_max_length_of_a_hub_model_checked_from_its_config_alone(monkeypatch):
         return BertConfig(max_position_embeddings=32)
 
     monkeypatch.setattr(afqmc.model, "_resolve", lambda name, trust: {"local_files_only": True})
-    monkeypatch.setattr(afqmc.model.AutoConfig, "from_pretrained", config_only)
+    monkeypatch.setattr(AutoConfig, "from_pretrained", config_only)
     with pytest.raises(
         ConfigError,
         match=r"dataset.max_length=128 is invalid; expected an integer <= 32, .* of model.checkpoint='some-org/bert'",
@@ -191,6 +191,6 @@ def test_every_yaml_has_exactly_its_schemas_keys():
     for group, registry in GROUPS.items():
         for path in sorted((CONF / group).glob("*.yaml")):
             yaml = OmegaConf.load(path)
-            schema = registry.schema(yaml.name)
+            schema = registry.component(yaml.name).schema
             assert schema is not None, f"{path}: {group}.name={yaml.name} declares no schema"
             assert set(yaml) == {"name", *schema}, path

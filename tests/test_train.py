@@ -8,8 +8,8 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from afqmc.model import BertForPairwiseCLS
-from afqmc.trainer import Trainer
+import afqmc
+from afqmc.modeling import BertForPairwiseCLS
 
 from .conftest import ROOT, compose_cfg, run_py, write_jsonl
 
@@ -43,8 +43,7 @@ def test_training_loop_learns(tmp_path, tiny_bert_dir, seed):
             f"trainer.seed={seed}",
         ]
     )
-    trainer = Trainer(cfg, tmp_path / "out")
-    best = trainer.fit()
+    best = afqmc.train(cfg, tmp_path / "out")
     dev = json.loads((tmp_path / "out" / "summary.json").read_text())["dev"]
     assert best > 0.9 and dev["accuracy"] > 0.9 and dev["f1_pos"] > 0.9, dev  # chance: 0.5
 
@@ -61,7 +60,7 @@ def test_max_steps_and_grad_accumulation(tmp_path, pairs_dir, tiny_bert_dir):
             "trainer.log_every=1",
         ]
     )
-    Trainer(cfg, tmp_path).fit()
+    afqmc.train(cfg, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["train"]["steps"] == 2 and summary["train"]["samples"] == 8  # 2 steps x 2 micro-batches x 2
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

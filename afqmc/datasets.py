@@ -1,0 +1,149 @@
+"""The torch side of afqmc/data.py: datasets over the examples it reads, and the collate function.
+
+Each dataset offers what the trainer asks of one (afqmc/registry.py, SplitData): its size, its
+examples' lengths, encode(), whether it streams, an example's id, and its skipped lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from .data import read_examples
+from .errors import DataError
+
+# (file, its mtime, example count, tokenizer, max_length) -> token ids: a sweep's jobs, which Hydra
+# runs one after another in one process, tokenize each split once.
+_ENCODED: dict[tuple, list[dict]] = {}
+
+
+class PairDataset(Dataset):
+    """A whole split in memory (map-style): random access, so it can be shuffled and sorted.
+
+    encode() tokenizes the split once, up front; batches then only pad (see PairCollator).
+    """
+
+    streaming = False
+
+    def __init__(self, examples: list[dict], path: Path, skipped_lines: int = 0):
+        if not examples:
+            raise DataError(f"{path}: no examples (the file is empty)")
+        self.examples, self.path, self.features, self.skipped_lines = examples, path, None, skipped_lines
+
+    def count(self) -> int:
+        return len(self.examples)
+
+    def item_id(self, index: int):
+        return self.examples[index]["id"]
+
+    def encode(self, tokenizer, max_length: int) -> None:
+        key = (
+            str(self.path.resolve()),
+            self.path.stat().st_mtime_ns,
+            len(self.examples),
+            type(tokenizer).__name__,
+            tokenizer.name_or_path,
+            len(tokenizer),
+            getattr(tokenizer, "do_lower_case", None),
+            max_length,
+        )
+        if key not in _ENCODED:
+            enc = tokenizer(
+                [e["text_a"] for e in self.examples],
+                [e["text_b"] for e in self.examples],
+                truncation=True,
+                max_length=max_length,
+            )
+            names = [n for n in ("input_ids", "token_type_ids") if n in enc]
+            if len(_ENCODED) >= 6:  # a long sweep over tokenizers or lengths must not grow memory without end
+                del _ENCODED[next(iter(_ENCODED))]
+            _ENCODED[key] = [dict(zip(names, values)) for values in zip(*(enc[n] for n in names))]
+        self.features = _ENCODED[key]
+
+    def lengths(self) -> list[int]:
+        return [len(f["input_ids"]) for f in self.features]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        features = self.features[i] if self.features is not None else {}
+        return {**self.examples[i], **features, "index": i}
+
+
+class StreamingPairDataset(IterableDataset):
+    """Reads the file lazily on every pass: memory stays flat whatever the corpus size.
+
+    Batches come in file order (no shuffling), and DataLoader workers split the lines between them.
+    """
+
+    streaming = True
+
+    def __init__(self, path: Path, cfg, labeled: bool, limit: int | None, skipped_lines: int = 0):
+        self.path, self.cfg, self.labeled, self.limit, self.skipped_lines = path, cfg, labeled, limit, skipped_lines
+
+    def count(self) -> int:
+        """One pass over the file (it has no len()): the LR schedule needs the number of steps."""
+        return sum(1 for _ in islice(read_examples(self.path, self.cfg, self.labeled), self.limit))
+
+    def encode(self, tokenizer, max_length: int) -> None:
+        """Nothing to do: the collate function tokenizes each batch as it comes."""
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = get_worker_info()
+        stream = islice(read_examples(self.path, self.cfg, self.labeled), self.limit)
+        for i, example in enumerate(stream):
+            if worker is None or i % worker.num_workers == worker.id:
+                yield {**example, "index": i}
+
+
+class PairCollator:
+    """A batch of sentence pairs as tensors, padded to its longest pair (dynamic padding).
+
+    Pairs already encoded by PairDataset.encode() are only padded; raw pairs (streaming) are tokenized.
+    """
+
+    def __init__(self, tokenizer, max_length: int, pad_to_multiple_of: int | None = None):
+        self.tokenizer, self.max_length, self.pad_to_multiple_of = tokenizer, max_length, pad_to_multiple_of
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        if "input_ids" in examples[0]:
+            batch = self._pad(examples)
+        else:
+            batch = dict(
+                self.tokenizer(  # input_ids, attention_mask and, if the tokenizer has them, token_type_ids
+                    [e["text_a"] for e in examples],
+                    [e["text_b"] for e in examples],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    pad_to_multiple_of=self.pad_to_multiple_of,
+                    return_tensors="pt",
+                )
+            )
+        batch["index"] = torch.tensor([e["index"] for e in examples])
+        if examples[0]["label"] is not None:
+            batch["labels"] = torch.tensor([e["label"] for e in examples])
+        return batch
+
+    def _pad(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(e["input_ids"]) for e in examples)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = {
+            "input_ids": torch.full((len(examples), width), self.tokenizer.pad_token_id),
+            "attention_mask": torch.zeros(len(examples), width, dtype=torch.long),
+        }
+        if "token_type_ids" in examples[0]:
+            batch["token_type_ids"] = torch.zeros(len(examples), width, dtype=torch.long)
+        for i, e in enumerate(examples):
+            n = len(e["input_ids"])
+            batch["attention_mask"][i, :n] = 1
+            for name in ("input_ids", "token_type_ids"):
+                if name in batch:
+                    batch[name][i, :n] = torch.tensor(e[name])
+        return batch

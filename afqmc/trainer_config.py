@@ -1,0 +1,55 @@
+"""The trainer group (conf/trainer/): its keys and the registered training recipe.
+
+The keys are checked before torch loads (afqmc/schema.py); the recipe itself, afqmc/trainer.py,
+is imported when a run builds it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import ConfigError
+from .registry import TRAINERS
+from .schema import Key
+
+METRICS = ("accuracy", "f1_macro", "f1_pos", "precision_pos", "recall_pos", "loss")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TRAINER_KEYS = {  # conf/trainer/default.yaml
+    "epochs": Key(int, min=1),
+    "max_steps": Key(int, null=True, min=1),
+    "batch_size": Key(int, min=1),
+    "eval_batch_size": Key(int, min=1),
+    "grad_accum_steps": Key(int, min=1),
+    "max_grad_norm": Key(float, null=True, above=0),
+    "precision": Key(str, choices=PRECISIONS),
+    "device": Key(str, rule=lambda d: re.fullmatch(r"auto|cpu|cuda(:\d+)?", d), says="auto, cpu, cuda or cuda:N"),
+    "seed": Key(int, min=0, max=2**32 - 1),  # NumPy's seed range
+    "log_every": Key(int, min=1),
+    "metric": Key(str, choices=METRICS),
+    "num_workers": Key(int, min=0),
+    "predict": Key(bool),
+    "group_by_length": Key(bool),
+    "compile": Key(bool),
+    "split_padding": Key(float, null=True, above=0, max=1),
+    "fast_dropout": Key(bool),
+    "cpu_threads": Key(int, null=True, min=1),
+    "save_every_steps": Key(int, null=True, min=1),
+    "resume": Key(bool),
+}
+
+
+def metric_fits_labels(cfg) -> None:
+    """The *_pos metrics (of label 1) exist for two classes only: otherwise a KeyError after the first epoch."""
+    n = len(cfg.dataset.label_map)
+    if cfg.trainer.metric.endswith("_pos") and n != 2:
+        raise ConfigError(
+            f"trainer.metric={cfg.trainer.metric!r} needs 2 labels, dataset.label_map has {n}; "
+            "allowed: accuracy, f1_macro, loss"
+        )
+
+
+@TRAINERS.register("default", schema=TRAINER_KEYS, check=metric_fits_labels)
+def build_trainer(cfg, output_dir):
+    from .trainer import Trainer
+
+    return Trainer(cfg, output_dir)
