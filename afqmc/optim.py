@@ -38,7 +38,7 @@ def build_adamw(cfg, model):
     import torch
 
     # fused=True: one kernel per parameter group for the whole update, on CUDA and (torch >= 2.4) on the
-    # CPU, where it took e5-small's update from 117 to 28 ms a step (2 cores) against the per-tensor loop.
+    # CPU, instead of a loop over the tensors (what that saves: benchmarks/RESULTS.md).
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True
     )

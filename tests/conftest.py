@@ -1,6 +1,9 @@
-"""Shared fixtures: tiny data sets and a tiny BERT written into tmp_path; nothing from the network or ../shared."""
+"""Shared fixtures and helpers: tiny data sets and a tiny BERT written into tmp_path, the shipped smoke
+data's sizes, run.py in a subprocess; nothing from the network or ../shared."""
 
 import json
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,10 +11,12 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-import afqmc  # noqa: F401  (registers the resolvers the configs use)
+import afqmc
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+# One thread per subprocess: on a busy 2-core machine two threads that wait on each other make each step ~50x slower.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def compose_cfg(overrides=()):
@@ -25,11 +30,40 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
-def run_py(*args, cwd=ROOT, timeout=300, env=None):
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# experiment=smoke: its data shipped in the package, its batch size; counts derive from them
+SMOKE_PAIRS = {split: len(read_jsonl(afqmc.ASSETS / "smoke" / f"{split}.json")) for split in ("train", "dev", "test")}
+SMOKE_BATCH = compose_cfg(["experiment=smoke"]).trainer.batch_size
+
+
+def smoke_steps(epochs: int = 1, batch_size: int = SMOKE_BATCH) -> int:
+    """Optimizer steps of a smoke run (one batch a step, the last batch of an epoch may be short)."""
+    return math.ceil(SMOKE_PAIRS["train"] / batch_size) * epochs
+
+
+def run_py(*args, cwd=ROOT, timeout=300, env=ENV):
     """python run.py ARGS in a subprocess, as a user would run it."""
     return subprocess.run(
         [sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
     )
+
+
+def start_run(*args, cwd=ROOT, **popen):
+    """python run.py ARGS started and not waited for (output discarded unless `popen` says otherwise)."""
+    popen = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": ENV, **popen}
+    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, **popen)
+
+
+def records(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without the wall-clock times."""
+    return [{k: v for k, v in r.items() if k != "time"} for r in read_jsonl(run_dir / "metrics.jsonl")]
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture

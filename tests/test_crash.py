@@ -1,7 +1,6 @@
 """Crashes lose nothing already earned: a diverged run, a Ctrl-C, a kill in the middle of a save."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,9 +13,8 @@ import torch
 from afqmc.checkpoint import TrainState, find_last
 from afqmc.modeling import BertForPairwiseCLS
 
-from .conftest import ROOT, run_py
+from .conftest import ENV, ROOT, run_py, smoke_steps, start_run, summary
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 SMOKE = ["experiment=smoke", "trainer.log_every=1", "trainer.predict=false"]
 
 
@@ -24,6 +22,7 @@ def total_norm(checkpoint):
     return torch.nn.utils.get_total_norm(list(BertForPairwiseCLS.from_pretrained(checkpoint).parameters())).item()
 
 
+@pytest.mark.slow
 def test_diverged_run_stops_with_its_step_and_keeps_finite_checkpoints(tmp_path):
     # AdamW moves each weight by about lr per step: at 1e30 the weights overflow within a few steps.
     proc = run_py(
@@ -32,30 +31,22 @@ def test_diverged_run_stops_with_its_step_and_keeps_finite_checkpoints(tmp_path)
         "trainer.max_grad_norm=null",
         "trainer.save_every_steps=1",
         f"hydra.run.dir={tmp_path}",
-        env=ENV,
     )
     assert proc.returncode == 1
     out = proc.stdout + proc.stderr
     assert "TrainingError: training diverged at epoch 1, step " in out and "optimizer.lr" in out
     assert "Traceback" not in out
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "failed" and summary["error"].startswith("TrainingError: training diverged")
-    failed_step = int(summary["error"].split("step ")[1].split(":")[0])
-    state = torch.load(tmp_path / "checkpoints" / "last" / "state.pt", weights_only=True)
-    assert 0 < state["step"] < failed_step
+    failed = summary(tmp_path)
+    assert failed["status"] == "failed" and failed["error"].startswith("TrainingError: training diverged")
+    failed_step = int(failed["error"].split("step ")[1].split(":")[0])
+    assert 0 < TrainState.load(tmp_path / "checkpoints" / "last" / "state.pt").step < failed_step
     assert torch.isfinite(torch.tensor(total_norm(tmp_path / "checkpoints" / "last")))
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_last_marks_the_summary_and_resumes(tmp_path):
     args = [*SMOKE, "trainer.epochs=1", "trainer.save_every_steps=null", f"hydra.run.dir={tmp_path}"]
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "run.py"), *args],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_run(*args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics, deadline = tmp_path / "metrics.jsonl", time.monotonic() + 120
     while not (metrics.exists() and metrics.read_text().count("\n") >= 3):  # three steps done: mid-epoch
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
@@ -64,17 +55,16 @@ def test_ctrl_c_saves_last_marks_the_summary_and_resumes(tmp_path):
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, out[-3000:]
     assert "Traceback" not in out and "trainer.resume=true" in out
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and summary["error"].startswith("Interrupted: Ctrl-C at epoch 1, step ")
-    state = torch.load(tmp_path / "checkpoints" / "last" / "state.pt", weights_only=True)
-    assert state["epoch"] == 1 and 3 <= state["batch"] < 50 and state["step"] == state["batch"]
+    stopped = summary(tmp_path)
+    assert stopped["status"] == "interrupted" and stopped["error"].startswith("Interrupted: Ctrl-C at epoch 1, step ")
+    state = TrainState.load(tmp_path / "checkpoints" / "last" / "state.pt")
+    assert state.epoch == 1 and 3 <= state.batch < smoke_steps() and state.step == state.batch
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
-    assert steps == list(range(1, state["step"] + 1))  # everything logged up to the stop, nothing past it
+    assert steps == list(range(1, state.step + 1))  # everything logged up to the stop, nothing past it
 
-    proc = run_py(*args, "trainer.resume=true", env=ENV)
+    proc = run_py(*args, "trainer.resume=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["train"]["steps"] == 50
+    assert summary(tmp_path)["status"] == "completed" and summary(tmp_path)["train"]["steps"] == smoke_steps()
 
 
 # Saves a checkpoint, changes the weights, and saves again into the same place, killed (SIGKILL) at
@@ -105,6 +95,7 @@ KILLED_SAVE = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("when", ["writing", "swapping"])
+@pytest.mark.slow
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path, tiny_bert_dir, when):
     last = tmp_path / "checkpoints" / "last"
     proc = subprocess.run(

@@ -1,57 +1,42 @@
 """torchrun: two CPU processes (gloo) train one run, in one directory, and score each pair once."""
 
 import json
-import os
+import math
 import subprocess
 import sys
 
+import pytest
+
+from afqmc.checkpoint import load_model
 from afqmc.trainer_config import build_trainer
 
-from .conftest import ROOT, compose_cfg
+from .conftest import ENV, ROOT, SMOKE_BATCH, SMOKE_PAIRS, compose_cfg, smoke_steps, summary
+
+EVAL_BATCH = 16
 
 
-def test_torchrun_two_processes_one_run_directory(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # eval batches of 16 split 100 dev pairs 4:3 and 50 test pairs 2:2 between the ranks
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["bert_cls", "bert_pair_module"])
+def test_torchrun_two_processes_one_run_directory(tmp_path, model):
+    # the ranks score uneven shares of the dev batches; whole batches of train pairs on both ranks
+    assert math.ceil(SMOKE_PAIRS["dev"] / EVAL_BATCH) % 2 == 1 and SMOKE_PAIRS["train"] % (2 * SMOKE_BATCH) == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    args = ["experiment=smoke", f"model={model}", "trainer.epochs=2", f"trainer.eval_batch_size={EVAL_BATCH}"]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(ROOT / "run.py"),
-            "experiment=smoke",
-            "trainer.epochs=2",
-            "trainer.eval_batch_size=16",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [*torchrun, str(ROOT / "run.py"), *args], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]  # rank 1 wrote nothing of its own
     (run,) = (tmp_path / "outputs" / "runs").iterdir()
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["global_batch_size"] == 32
-    assert summary["train"]["samples"] == 1600 and summary["train"]["steps"] == 50  # 800 pairs / 32 a step, 2 epochs
+    result = summary(run)
+    assert result["world_size"] == 2 and result["global_batch_size"] == 2 * SMOKE_BATCH
+    assert result["train"]["samples"] == 2 * SMOKE_PAIRS["train"] and result["train"]["steps"] == smoke_steps(2) // 2
     preds = [json.loads(line) for line in (run / "predictions" / "afqmc_predict.json").read_text().splitlines()]
-    assert [p["id"] for p in preds] == list(range(50))
+    assert [p["id"] for p in preds] == list(range(SMOKE_PAIRS["test"]))
 
     # one process scoring the saved best checkpoint gets the dev metrics the two processes reported
-    cfg = compose_cfg(
-        [
-            "experiment=smoke",
-            f"model.checkpoint={run / 'checkpoints' / 'best'}",
-            "model.pretrained=true",
-            "trainer.predict=false",
-        ]
-    )
-    single = build_trainer(cfg, tmp_path / "single")
+    single = build_trainer(compose_cfg([*args, "trainer.predict=false"]), tmp_path / "single")
     single.setup()
+    single.model.load_state_dict(load_model(run / "checkpoints" / "best").state_dict())
     dev = single.evaluate("dev")
-    assert dev.keys() == summary["dev"].keys()
-    for name, value in dev.items():
-        assert abs(value - summary["dev"][name]) < 1e-5, name
+    assert dev == pytest.approx(result["dev"], abs=1e-5)

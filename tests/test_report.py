@@ -69,6 +69,7 @@ def sweep(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_report_csv_has_one_row_per_run(sweep):
     rows = read_csv(sweep / "report.csv")
     assert [r["run"] for r in rows] == ["0", "1", "2", "3"]
@@ -86,6 +87,7 @@ def test_report_csv_has_one_row_per_run(sweep):
         assert float(row["samples_per_second"]) > 0 and int(row["best_epoch"]) == 1
 
 
+@pytest.mark.slow
 def test_report_md_has_mean_and_std_over_seeds(sweep):
     md = (sweep / "report.md").read_text()
     assert "4 runs, 4 completed, 0 failed." in md
@@ -97,6 +99,7 @@ def test_report_md_has_mean_and_std_over_seeds(sweep):
         assert f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}" in line
 
 
+@pytest.mark.slow
 def test_curves_png_is_an_image_with_readable_labels(sweep):
     import matplotlib.image
 
@@ -164,6 +167,7 @@ def test_search_space_is_version_controlled():
     }
 
 
+@pytest.mark.slow
 def test_optuna_search_with_joblib_ends_with_its_best_in_the_report(tmp_path):
     # two trials at once in two joblib worker processes; trainer.epochs on the command line is fixed, not searched
     proc = run_py(
@@ -203,6 +207,7 @@ def together(tmp_path_factory):
     return cwd / "outputs" / "runs", {name: finish(p) for name, p in procs.items()}
 
 
+@pytest.mark.slow
 def test_runs_started_together_get_their_own_directories(together):
     runs, _ = together
     dirs = sorted(runs.iterdir())
@@ -216,6 +221,7 @@ def test_runs_started_together_get_their_own_directories(together):
     assert not any((d / "report.md").exists() for d in dirs)  # the report callback acts on multiruns only
 
 
+@pytest.mark.slow
 def test_failed_runs_are_reported_with_their_error(together, tmp_path):
     runs, results = together
     runs = Path(shutil.copytree(runs, tmp_path / "runs"))  # the fake run below stays out of the other tests

@@ -2,45 +2,26 @@
 skips its finished jobs and resumes the others."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
-import torch
 
+from afqmc.checkpoint import TrainState
 from afqmc.runs import completed_summary
 from afqmc.sampling import TrainBatchSampler
 
-from .conftest import ROOT, run_py
+from .conftest import records, run_py, smoke_steps, start_run, summary
 
-# 50 batches of 16 per epoch, checkpoints/last every 5 steps: nine mid-epoch checkpoints per epoch; a train
-# record each step, so that the kill lands after records the resumed run must replay (not repeat).
+# checkpoints/last every 5 steps: nine mid-epoch checkpoints per smoke epoch; a train record each step, so
+# that the kill lands after records the resumed run must replay (not repeat).
 SMOKE = ["experiment=smoke", "trainer.save_every_steps=5", "trainer.log_every=1", "trainer.predict=false"]
-# One thread per run: on a busy 2-core machine two threads that wait on each other make each step ~50x slower.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def run(*args):
-    return run_py(*args, env=ENV)
-
-
-def start_run(*args):
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "run.py"), *args],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def read_state(run_dir):
     """checkpoints/last's training state, or None (none yet, or caught between the renames of a save)."""
     try:
-        return torch.load(run_dir / "checkpoints" / "last" / "state.pt", weights_only=True)
+        return TrainState.load(run_dir / "checkpoints" / "last" / "state.pt")
     except (FileNotFoundError, RuntimeError, EOFError):
         return None
 
@@ -56,7 +37,7 @@ def kill_mid_epoch(proc, run_dir, epoch, after_step=0):
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:
         state = read_state(run_dir)
-        if state and state["epoch"] >= epoch and state["batch"] > 0 and last_step(run_dir) > state["step"] > after_step:
+        if state and state.epoch >= epoch and state.batch > 0 and last_step(run_dir) > state.step > after_step:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             break
@@ -65,16 +46,10 @@ def kill_mid_epoch(proc, run_dir, epoch, after_step=0):
         proc.kill()
         pytest.fail(f"no mid-epoch checkpoint in epoch >= {epoch} before the run ended (rc {proc.returncode})")
     state = read_state(run_dir)
-    assert state["batch"] > 0, "the run went past its mid-epoch checkpoint before the kill landed"
-    assert last_step(run_dir) > state["step"]
+    assert state.batch > 0, "the run went past its mid-epoch checkpoint before the kill landed"
+    assert last_step(run_dir) > state.step
     assert completed_summary(run_dir) is None  # (a summary of the failed attempt below may be there)
     return state
-
-
-def records(run_dir):
-    """metrics.jsonl without the wall-clock times."""
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
 
 
 def test_sampler_start_skips_the_first_batches():
@@ -87,44 +62,46 @@ def test_sampler_start_skips_the_first_batches():
     assert len(list(sampler)) == len(whole)  # the offset is for one epoch only
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["bert_cls", "bert_pair_module"])
+def test_killed_run_resumes_to_the_same_result(tmp_path, model):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    args = [
-        *SMOKE,
-        "trainer.epochs=2",
-        "trainer.metric=loss",
-    ]  # the dev loss falls: the best is epoch 2, after the kill
+    # the dev loss falls: the best is epoch 2, after the kill
+    args = [*SMOKE, f"model={model}", "trainer.epochs=2", "trainer.metric=loss"]
     # resume=true in a fresh directory: starts from scratch
-    proc = run(*args, "trainer.resume=true", f"hydra.run.dir={straight}")
+    proc = run_py(*args, "trainer.resume=true", f"hydra.run.dir={straight}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "no " in (log := (straight / "run.log").read_text()) and "starting from scratch" in log
 
     first = kill_mid_epoch(start_run(*args, f"hydra.run.dir={killed}"), killed, epoch=1)
 
     # another config would be another run: refused, naming what differs
-    proc = run(*args, "optimizer.lr=1e-3", "trainer.resume=true", f"hydra.run.dir={killed}")
+    proc = run_py(*args, "optimizer.lr=1e-3", "trainer.resume=true", f"hydra.run.dir={killed}")
     assert proc.returncode == 1 and "optimizer.lr: 0.002 -> 0.001" in proc.stdout + proc.stderr
 
     # killed again once resumed, in epoch 2 (whose start it may have reached before or after the first kill)
     resumed = start_run(*args, "trainer.resume=true", f"hydra.run.dir={killed}")
-    second = kill_mid_epoch(resumed, killed, epoch=2, after_step=first["step"])
-    proc = run(*args, "trainer.resume=true", f"hydra.run.dir={killed}")
+    second = kill_mid_epoch(resumed, killed, epoch=2, after_step=first.step)
+    proc = run_py(*args, "trainer.resume=true", f"hydra.run.dir={killed}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (killed / "run.log").read_text()
     for state in (first, second):
-        assert f"epoch {state['epoch']}, batch {state['batch']}, step {state['step']}" in log
+        assert f"epoch {state.epoch}, batch {state.batch}, step {state.step}" in log
 
-    a, b = (json.loads((d / "summary.json").read_text()) for d in (straight, killed))
+    a, b = summary(straight), summary(killed)
     assert b["status"] == "completed" and a["best"]["epoch"] == 2
     assert b["dev"] == a["dev"] and b["best"] == a["best"]
-    assert b["train"]["steps"] == a["train"]["steps"] == 100 and b["train"]["samples"] == a["train"]["samples"]
+    assert (
+        b["train"]["steps"] == a["train"]["steps"] == smoke_steps(2) and b["train"]["samples"] == a["train"]["samples"]
+    )
     # every train loss and dev metric along the way, once each: the replayed steps left no duplicates
     assert records(killed) == records(straight)
 
 
+@pytest.mark.slow
 def test_sweep_rerun_skips_finished_jobs_and_resumes_the_rest(tmp_path):
     sweep = ["-m", *SMOKE, "trainer.epochs=1", f"hydra.sweep.dir={tmp_path}", "trainer.resume=true"]
-    proc = run(*sweep, "optimizer.lr=1e-3")  # job 0 finishes...
+    proc = run_py(*sweep, "optimizer.lr=1e-3")  # job 0 finishes...
     assert proc.returncode == 0, proc.stderr[-3000:]
     # ... and job 1 (optimizer.lr=2e-3) is killed mid-epoch: the same config as the sweep gives it
     kill_mid_epoch(
@@ -135,13 +112,13 @@ def test_sweep_rerun_skips_finished_jobs_and_resumes_the_rest(tmp_path):
     finished = tmp_path / "0" / "summary.json"
     mtime = finished.stat().st_mtime_ns
 
-    proc = run(*sweep, "optimizer.lr=1e-3,2e-3")
+    proc = run_py(*sweep, "optimizer.lr=1e-3,2e-3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert finished.stat().st_mtime_ns == mtime
     assert "completed: skipped (best f1_macro" in (tmp_path / "0" / "run.log").read_text()
     assert "resuming from" in (tmp_path / "1" / "run.log").read_text()
-    assert json.loads((tmp_path / "1" / "summary.json").read_text())["status"] == "completed"
+    assert summary(tmp_path / "1")["status"] == "completed"
     steps = [r["step"] for r in records(tmp_path / "1") if r["type"] == "train"]
-    assert steps == list(range(1, 51))  # each step once: none lost, none repeated
+    assert steps == list(range(1, smoke_steps() + 1))  # each step once: none lost, none repeated
     report = (tmp_path / "report.csv").read_text().splitlines()
     assert len(report) == 3 and "failed" not in "".join(report)  # header + two completed jobs

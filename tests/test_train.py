@@ -9,9 +9,10 @@ import pytest
 from omegaconf import OmegaConf
 
 import afqmc
-from afqmc.modeling import BertForPairwiseCLS
+from afqmc.checkpoint import load_model
+from afqmc.trainer_config import build_trainer
 
-from .conftest import ROOT, compose_cfg, run_py, write_jsonl
+from .conftest import ROOT, SMOKE_PAIRS, compose_cfg, run_py, write_jsonl
 
 PRODUCTS = ["余额宝", "信用卡", "网商贷", "支付宝"]  # one length: pair length says nothing of the label
 
@@ -68,9 +69,11 @@ def test_max_steps_and_grad_accumulation(tmp_path, pairs_dir, tiny_bert_dir):
     assert [r["epoch"] for r in records if r["type"] == "eval"] == [1]
 
 
-def test_smoke_run_writes_every_output(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["bert_cls", "bert_pair_module"])
+def test_smoke_run_writes_every_output(tmp_path, model):
     out = tmp_path / "run"
-    proc = run_py("experiment=smoke", f"hydra.run.dir={out}", "trainer.epochs=2")
+    proc = run_py("experiment=smoke", f"model={model}", f"hydra.run.dir={out}", "trainer.epochs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in (
         ".hydra/config.yaml",
@@ -87,15 +90,21 @@ def test_smoke_run_writes_every_output(tmp_path):
     assert {"epoch", "metric", "value"} <= summary["best"].keys()
     assert {"accuracy", "f1_macro", "f1_pos", "loss"} <= summary["dev"].keys()
     assert {"seconds", "samples", "samples_per_second", "steps"} <= summary["train"].keys()
-    assert summary["output_dir"] == str(out) and summary["train"]["samples"] == 1600
+    assert summary["output_dir"] == str(out) and summary["train"]["samples"] == 2 * SMOKE_PAIRS["train"]
     preds = [json.loads(line) for line in (out / "predictions" / "afqmc_predict.json").read_text().splitlines()]
-    assert [p["id"] for p in preds] == list(range(50)) and {p["label"] for p in preds} <= {"0", "1"}
+    assert [p["id"] for p in preds] == list(range(SMOKE_PAIRS["test"])) and {p["label"] for p in preds} <= {"0", "1"}
     assert "epoch 2 dev: accuracy" in (out / "run.log").read_text()
     assert {json.loads(line)["type"] for line in (out / "metrics.jsonl").read_text().splitlines()} == {"train", "eval"}
 
-    # the best checkpoint reloads with from_pretrained and scores what summary.json says
-    model = BertForPairwiseCLS.from_pretrained(out / "checkpoints" / "best")
-    assert model.config.id2label == {0: "0", 1: "1"}
+    # the best checkpoint reloads as the model it was, and scores what summary.json says
+    best = load_model(out / "checkpoints" / "best")
+    assert type(best).__name__ == {"bert_cls": "BertForPairwiseCLS", "bert_pair_module": "BertPairModule"}[model]
+    assert best.config.id2label == {0: "0", 1: "1"}
+    cfg = compose_cfg(["experiment=smoke", f"model={model}", "trainer.predict=false"])
+    trainer = build_trainer(cfg, tmp_path / "rescore")
+    trainer.setup()
+    trainer.model.load_state_dict(best.state_dict())
+    assert trainer.evaluate("dev") == pytest.approx(summary["dev"], abs=1e-6)
     pred = subprocess.run(
         [sys.executable, "-m", "afqmc.predict", str(out / "checkpoints" / "best"), "借呗怎么还款", "如何还借呗的钱"],
         capture_output=True,
@@ -105,6 +114,7 @@ def test_smoke_run_writes_every_output(tmp_path):
     assert pred.returncode == 0 and pred.stdout.startswith("label "), pred.stderr
 
 
+@pytest.mark.slow
 def test_sweep_makes_one_directory_per_job(tmp_path):
     proc = run_py("-m", "experiment=smoke", "trainer.epochs=1", "optimizer.lr=1e-3,2e-3", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
