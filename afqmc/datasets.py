@@ -14,7 +14,6 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from .data import read_examples
-from .errors import DataError
 
 # (file, its mtime, example count, tokenizer, max_length) -> token ids: a sweep's jobs, which Hydra
 # runs one after another in one process, tokenize each split once.
@@ -30,8 +29,6 @@ class PairDataset(Dataset):
     streaming = False
 
     def __init__(self, examples: list[dict], path: Path, skipped_lines: int = 0):
-        if not examples:
-            raise DataError(f"{path}: no examples (the file is empty)")
         self.examples, self.path, self.features, self.skipped_lines = examples, path, None, skipped_lines
 
     def count(self) -> int:
