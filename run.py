@@ -3,15 +3,19 @@
 import logging
 import os
 import sys
+from pathlib import Path
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 import afqmc  # (importing it registers the config resolvers)
 from afqmc.errors import AfqmcError, Interrupted
-from afqmc.runs import write_failed_summary
+from afqmc.runs import LOCK, discard, resume_argv, write_failed_summary
 
 log = logging.getLogger("afqmc")
 
@@ -19,42 +23,47 @@ log = logging.getLogger("afqmc")
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Trains one run; returns its best dev metric so that Hydra sweepers can optimize it."""
-    output_dir = HydraConfig.get().runtime.output_dir
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         return afqmc.train(cfg, output_dir)
-    except Exception as e:
-        interrupted = isinstance(e, Interrupted)
-        if RANK == "0":  # so that the sweep report lists this run as failed (or interrupted), and why
-            write_failed_summary(output_dir, e, "interrupted" if interrupted else "failed")
-        if not isinstance(e, AfqmcError):
-            raise
+    except AfqmcError as e:
         log.error("%s: %s", type(e).__name__, e)  # the message says what to fix; a traceback would bury it
-        sys.exit(130 if interrupted else 1)  # 130: the shell's code for a Ctrl-C
+        if RANK == "0" and not (output_dir / LOCK).exists():  # stopped before the run claimed its directory
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                write_failed_summary(output_dir, e)  # the sweep's report shows which job, and why
+            else:
+                discard(output_dir)  # a bad config leaves no run directory behind
+        sys.exit(130 if isinstance(e, Interrupted) else 1)  # 130: the shell's code for a Ctrl-C
 
 
 RANK = os.environ.get("RANK", "0")  # set by torchrun
 
 
 def cli() -> None:
-    """main(), with Hydra's own composition errors (a misspelt key or option) made one line too.
+    """main(), with what stops a run before it starts made one line too: Hydra's composition errors (a
+    misspelt key or option), a YAML file Hydra cannot read, a run directory that cannot be written.
 
-    Hydra prints those as a block of lines; with HYDRA_FULL_ERROR set it raises them instead.
-    A user who sets HYDRA_FULL_ERROR gets Hydra's full error, as Hydra documents.
+    Hydra prints its errors as a block of lines; with HYDRA_FULL_ERROR set it raises them instead.
+    A user who sets HYDRA_FULL_ERROR gets the full error, as Hydra documents.
     """
     users_choice = "HYDRA_FULL_ERROR" in os.environ
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         main()
-    except CompactHydraException as e:
+    except (AfqmcError, CompactHydraException, yaml.YAMLError, OmegaConfBaseException, OSError) as e:
         if users_choice:
             raise
-        from afqmc.schema import compose_error
+        from afqmc.schema import startup_error
 
-        print(f"ConfigError: {compose_error(e)}", file=sys.stderr)
+        print(startup_error(e), file=sys.stderr)
         sys.exit(1)
 
 
 if __name__ == "__main__":
+    try:  # hydra.run.dir=RUN trainer.resume=true: the run's own overrides (afqmc/runs.py)
+        sys.argv = resume_argv(sys.argv)
+    except AfqmcError as e:
+        sys.exit(f"{type(e).__name__}: {e}")
     if RANK != "0":
         # Hydra would give every torchrun rank a run directory of its own. Ranks other than 0 get none
         # and log only warnings: they write nothing, and the trainer hands them rank 0's directory.

@@ -1,10 +1,13 @@
 """afqmc: config-driven fine-tuning of Chinese BERT models for sentence-pair classification."""
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from . import errors, runs
 
 ASSETS = Path(__file__).parent / "assets"
 # Weight loading/saving progress bars would interleave with the training log; the run log says it all.
@@ -17,18 +20,32 @@ RUN_ID = os.environ.get("AFQMC_RUN_ID") or secrets.token_hex(3)
 # Registered at import so that both run.py and tests composing the configs can resolve them.
 OmegaConf.register_new_resolver("afqmc.run_id", lambda: RUN_ID, replace=True)
 OmegaConf.register_new_resolver("afqmc.asset", lambda name: str(ASSETS / name), replace=True)
+# hydra.sweep.subdir and hydra.output_subdir: a job's directory, and whether Hydra writes its record (runs.py)
+OmegaConf.register_new_resolver("afqmc.job_subdir", lambda *, _root_: runs.job_subdir(_root_), replace=True)
+OmegaConf.register_new_resolver("afqmc.record_subdir", lambda *, _root_: runs.record_subdir(_root_), replace=True)
 
 
 def train(cfg, output_dir) -> float:
-    """The one way a run starts (run.py, the tests, the benchmarks): check the config, build the trainer
-    it names, fit. Returns the best dev value of trainer.metric."""
+    """The one way a run starts (run.py, the tests, the benchmarks): check the config, claim the run
+    directory, build the trainer the config names, fit. Returns the best dev value of trainer.metric.
+    A run that raises after claiming its directory leaves a summary.json saying why."""
     from .registry import TRAINERS
     from .schema import check_config
 
     check_config(cfg)  # every key's type and range, before any data or model is loaded
-    try:
-        return TRAINERS.get(cfg.trainer.name)(cfg, output_dir).fit()
-    finally:
-        from .distributed import shutdown
+    output_dir = Path(output_dir)
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone writes the run directory
+    with runs.claimed(output_dir, cfg) if main else contextlib.nullcontext():
+        trainer = TRAINERS.get(cfg.trainer.name)(cfg, output_dir)
+        try:
+            return trainer.fit()
+        except Exception as e:
+            # a resume that fails before it trains (a checkpoint that does not load) leaves the record as it was
+            if main and not (cfg.trainer.resume and not getattr(trainer, "built", True)):
+                status = "interrupted" if isinstance(e, errors.Interrupted) else "failed"
+                runs.write_failed_summary(output_dir, e, status)
+            raise
+        finally:
+            from .distributed import shutdown
 
-        shutdown()  # a torchrun run leaves its process group destroyed
+            shutdown()  # a torchrun run leaves its process group destroyed

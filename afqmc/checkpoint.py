@@ -1,10 +1,12 @@
 """What a run keeps on disk, and how it is written: checkpoints, the training state, metrics.jsonl.
 
 A checkpoint is a directory: the model as its registration saves it (afqmc/registry.py), its tokenizer,
-`checkpoint.json` naming the registered model, and, in checkpoints/last, the TrainState (`state.pt`).
-Every file and directory a run writes goes through atomic_write, so a reader, or a process killed at
-any point, finds the old version or the new one, never half of one. state.pt holds tensors and plain
-containers only and is read with torch.load(weights_only=True): reading a checkpoint runs no code.
+in checkpoints/last the TrainState (`state.pt`), and `checkpoint.json`, written last, naming the
+registered model and the sha256 of every other file: a file changed or cut short after the save is
+found before it is used. Every file and directory a run writes goes through atomic_write, so a reader,
+or a process killed at any point, finds the old version or the new one, never half of one. state.pt
+holds tensors and plain containers only and is read with torch.load(weights_only=True): reading a
+checkpoint runs no code.
 
 torch is imported inside the functions that use it: run.py's config check and the run records
 (afqmc/runs.py) import this module before torch has loaded.
@@ -12,7 +14,10 @@ torch is imported inside the functions that use it: run.py's config check and th
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import pickle
 import random
 import shutil
 from collections.abc import Iterator
@@ -23,10 +28,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from .errors import CheckpointError
+
+log = logging.getLogger(__name__)
 BEST = Path("checkpoints") / "best"
 LAST = Path("checkpoints") / "last"
 STATE = "state.pt"  # checkpoints/last's TrainState, beside the weights
-MANIFEST = "checkpoint.json"  # {"model": the registered model name}: how to load the weights
+MANIFEST = "checkpoint.json"  # {"model": the registered model's name, "files": {file: sha256}}
 # Keys that may differ between a run and its resumption: they change nothing of the trajectory.
 FREE_KEYS = {
     "trainer.resume",
@@ -34,6 +42,7 @@ FREE_KEYS = {
     "trainer.num_workers",
     "trainer.predict",
     "trainer.cpu_threads",
+    "trainer.overwrite",
 }
 
 
@@ -103,8 +112,10 @@ class TrainState:
     best: dict | None = None  # {"epoch", "metric", "value"} of the best evaluation so far
     best_dev: dict | None = None  # its dev metrics
     best_step: int | None = None  # the optimizer step it was made at
-    running_loss: Any = None  # the train loss's moving average (a tensor); None at an epoch's start
-    metrics_offset: int = 0  # metrics.jsonl's size at the save: a resumed run writes what follows again
+    running_loss: Any = None  # each rank's moving average of its train loss (tensors); None at an epoch's start
+    metrics_offset: int = 0  # metrics.jsonl's size at the save: a resumed run writes what follows again ...
+    metrics_sha256: str = ""  # ... after checking that what precedes is what was there
+    data: dict = field(default_factory=dict)  # each split's fingerprint: a resume on other data is refused
     optimizer: dict = field(default_factory=dict)
     scheduler: dict = field(default_factory=dict)
     scaler: dict = field(default_factory=dict)
@@ -120,40 +131,105 @@ class TrainState:
     def load(cls, path: Path) -> TrainState:
         import torch
 
-        return cls(**torch.load(path, map_location="cpu", weights_only=True))
+        try:
+            return cls(**torch.load(path, map_location="cpu", weights_only=True))
+        except pickle.UnpicklingError:  # torch's own message would advise weights_only=False: never
+            raise CheckpointError(
+                f"{path}: holds objects other than tensors and plain containers; not loaded, "
+                "since loading it could run code. " + _WHAT_TO_DO
+            ) from None
+        except (OSError, RuntimeError, EOFError, ValueError, TypeError) as e:
+            raise CheckpointError(
+                f"{path}: not a training state this version can read ({_first_line(e)}). " + _WHAT_TO_DO
+            ) from None
 
     def progress(self) -> TrainState:
         """The counters alone, without the optimizer, scheduler, scaler and generator states."""
         return replace(self, optimizer={}, scheduler={}, scaler={}, rng=[], config={})
 
 
+_WHAT_TO_DO = (
+    "Move the checkpoint aside to resume from the one before it (or from scratch), or start the run afresh with "
+    "trainer.overwrite=true"
+)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def save(path: Path, model_name: str, model, tokenizer, state: TrainState | None = None) -> None:
-    """The model (by its registration's save), its tokenizer and, for checkpoints/last, the TrainState."""
+    """The model (by its registration's save), its tokenizer and, for checkpoints/last, the TrainState;
+    checkpoint.json last, with every file's sha256."""
     from .registry import MODELS
 
     with atomic_write(path) as tmp:
         MODELS.component(model_name).hooks["save"](model, tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / MANIFEST).write_text(json.dumps({"model": model_name}) + "\n", encoding="utf-8")
         if state is not None:
             state.save(tmp / STATE)
+        files = {f.relative_to(tmp).as_posix(): sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+        (tmp / MANIFEST).write_text(
+            json.dumps({"model": model_name, "files": files}, indent=1) + "\n", encoding="utf-8"
+        )
+
+
+def verify(path: Path) -> dict:
+    """checkpoint.json of the checkpoint at `path`, after checking each file it lists against its sha256."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(
+            f"{path}: {'not a directory' if path.exists() else 'missing'}; a checkpoint is a directory. " + _WHAT_TO_DO
+        )
+    manifest = path / MANIFEST
+    if not manifest.is_file():  # written before checkpoint.json existed: the one model there was then
+        log.warning("%s has no %s (an older version wrote it): its files are not verified", path, MANIFEST)
+        return {"model": "bert_pair_cls", "files": {}}
+    try:
+        info = json.loads(manifest.read_text(encoding="utf-8"))
+        model, files = info["model"], dict(info["files"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{manifest}: unreadable ({_first_line(e)}). " + _WHAT_TO_DO) from None
+    for name, digest in files.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing (written with the checkpoint, gone since). " + _WHAT_TO_DO)
+        if sha256(file) != digest:
+            raise CheckpointError(
+                f"{file}: its content differs from what was written (sha256 {digest[:12]}..., "
+                "now another): the file is corrupt or was changed. " + _WHAT_TO_DO
+            )
+    return {"model": model, "files": files}
 
 
 def load_model(path: Path):
-    """The model saved at `path`, on the CPU in eval mode, loaded by its registration's load."""
+    """The model saved at `path`, its files verified, on the CPU in eval mode, by its registration's load."""
+    from safetensors import SafetensorError
+
     from .registry import MODELS
 
-    manifest = Path(path) / MANIFEST
-    # checkpoints written before checkpoint.json existed hold the one model there was then
-    name = json.loads(manifest.read_text(encoding="utf-8"))["model"] if manifest.is_file() else "bert_pair_cls"
-    return MODELS.component(name).hooks["load"](Path(path))
+    name = verify(path)["model"]
+    try:
+        return MODELS.component(name).hooks["load"](Path(path))
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
+        raise CheckpointError(f"{path}: the {name} model cannot be loaded ({_first_line(e)}). " + _WHAT_TO_DO) from None
 
 
 def find_last(run_dir: Path) -> Path | None:
-    """checkpoints/last, if a run wrote one (checkpoints/best is put back too, if a kill left it aside)."""
+    """checkpoints/last, if a run wrote one (checkpoints/best is put back too, if a kill left it aside).
+    Whether it is whole is for verify() to say: what is there is never taken for nothing."""
     for path in (run_dir / LAST, run_dir / BEST):
         recover(path)
-    return run_dir / LAST if (run_dir / LAST / STATE).is_file() else None
+    return run_dir / LAST if (run_dir / LAST).exists() else None
 
 
 # ---------------------------------------------------------------- what a resumed run must equal
@@ -208,21 +284,42 @@ def config_changes(saved: dict, now: dict) -> list[str]:
 
 # ---------------------------------------------------------------- metrics.jsonl
 class MetricsLog:
-    """metrics.jsonl: one JSON record a line, flushed as written. A resumed run opens it at the offset
-    its checkpoint recorded: the records past that offset are of steps it replays, and go."""
+    """metrics.jsonl: one JSON record a line, flushed as written, and the sha256 of all written so far.
 
-    def __init__(self, path: Path, offset: int | None = None):
-        if offset is not None and path.exists():
-            with open(path, "r+b") as f:
-                f.truncate(offset)
-        self._file = open(path, "a", encoding="utf-8")
+    A resumed run opens it at the offset its checkpoint recorded, after checking that the bytes before
+    it are those the checkpoint saw (their sha256): the records past that offset are of steps the run
+    replays, and go. A file cut short or changed before the offset stops the resume."""
+
+    def __init__(self, path: Path, offset: int = 0, sha256: str = ""):
+        path.touch()
+        with open(path, "r+b") as f:
+            head = f.read(offset)
+            self._digest = hashlib.sha256(head)
+            if len(head) < offset:
+                raise CheckpointError(
+                    f"{path}: {len(head):,} bytes, but checkpoints/last was written when it had {offset:,}: records "
+                    "written before the checkpoint are lost. Put the file back, or start the run afresh with "
+                    "trainer.overwrite=true"
+                )
+            if sha256 and self._digest.hexdigest() != sha256:
+                raise CheckpointError(
+                    f"{path}: its first {offset:,} bytes differ from those checkpoints/last was written after: the "
+                    "records were changed. Put the file back, or start the run afresh with trainer.overwrite=true"
+                )
+            f.truncate(offset)
+        self._file = open(path, "ab")
 
     def append(self, record: dict) -> None:
-        self._file.write(json.dumps(record) + "\n")
+        line = (json.dumps(record) + "\n").encode("utf-8")
+        self._file.write(line)
         self._file.flush()
+        self._digest.update(line)
 
     def offset(self) -> int:
         return self._file.tell()
+
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
 
     def close(self) -> None:
         self._file.close()

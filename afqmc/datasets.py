@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from .checkpoint import sha256
 from .data import read_examples
 
 # (file, its mtime, example count, tokenizer, max_length) -> token ids: a sweep's jobs, which Hydra
@@ -20,7 +21,16 @@ from .data import read_examples
 _ENCODED: dict[tuple, list[dict]] = {}
 
 
-class PairDataset(Dataset):
+class SplitFile:
+    """What both datasets share: the split file they read, and its fingerprint."""
+
+    path: Path
+
+    def fingerprint(self) -> dict:
+        return {"file": str(self.path), "examples": self.count(), "sha256": sha256(self.path)}
+
+
+class PairDataset(SplitFile, Dataset):
     """A whole split in memory (map-style): random access, so it can be shuffled and sorted.
 
     encode() tokenizes the split once, up front; batches then only pad (see PairCollator).
@@ -72,7 +82,7 @@ class PairDataset(Dataset):
         return {**self.examples[i], **features, "index": i}
 
 
-class StreamingPairDataset(IterableDataset):
+class StreamingPairDataset(SplitFile, IterableDataset):
     """Reads the file lazily on every pass: memory stays flat whatever the corpus size.
 
     Batches come in file order (no shuffling), and DataLoader workers split the lines between them.

@@ -23,3 +23,11 @@ class TrainingError(AfqmcError):
 
 class Interrupted(AfqmcError):
     """Ctrl-C: checkpoints/last is saved; run.py marks the summary interrupted and exits with 130."""
+
+
+class CheckpointError(AfqmcError):
+    """A checkpoint or a run's record on disk is missing, corrupt or does not match: the message names the file."""
+
+
+class RunDirError(AfqmcError):
+    """The run directory cannot be used: another process holds it, or it holds another run."""

@@ -51,6 +51,9 @@ class SplitData(Protocol):
     def item_id(self, index: int) -> Any:
         """The id that a prediction of example `index` is written with (map-style splits only)."""
 
+    def fingerprint(self) -> dict:
+        """What changes when the split's data change (size, file sha256): a resume on other data is refused."""
+
 
 @dataclass(frozen=True)
 class Component:
@@ -110,6 +113,11 @@ def _import_components() -> None:
 def check_names(cfg) -> None:
     """Fail on an unknown component name before any data or model is loaded."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     for registry in (DATASETS, COLLATORS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS):
-        registry.component(OmegaConf.select(cfg, registry.key))
+        try:
+            name = OmegaConf.select(cfg, registry.key)
+        except OmegaConfBaseException as e:  # e.g. an interpolation of a key that is not there
+            raise ConfigError(f"{registry.key}: {str(e).splitlines()[0]}") from None
+        registry.component(name)

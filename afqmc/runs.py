@@ -1,22 +1,40 @@
-"""Run directories read back: which directories are runs, how each ended, its dev curve.
+"""Run directories: claimed by one run at a time, matched to their sweep jobs, resumed with their own
+config, and read back (how each ended, its dev curve).
 
-A run directory is one holding `.hydra/overrides.yaml` (Hydra writes it before the run starts), so
-a run that crashed before writing anything else is still found, and reported as failed.
-Light on purpose (no torch, no matplotlib): run.py imports it to record a failure.
+A run directory is one holding `.hydra/overrides.yaml`, its record: Hydra writes it before the run
+starts, so a run that crashed before writing anything else is still found, and reported as failed.
+A record, once written, is never rewritten with another config: a resumed or refused run leaves it as
+it was (record_subdir), and a resumed run must have the config it records (check_record).
+Light on purpose (no torch, no matplotlib): run.py imports it before anything heavy.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import shlex
+import shutil
+import socket
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from .checkpoint import write_json
+from .checkpoint import FREE_KEYS, config_changes, config_snapshot, write_json
+from .errors import CheckpointError, ConfigError, RunDirError
 
 SUMMARY = "summary.json"
-OVERRIDES = Path(".hydra") / "overrides.yaml"
+RECORD = Path(".hydra")
+OVERRIDES = RECORD / "overrides.yaml"
+CONFIG = RECORD / "config.yaml"
+LOCK = ".lock"
+RUN_FILES = (SUMMARY, "metrics.jsonl", "checkpoints", "predictions")  # what a run leaves besides its record and log
+KEEP_ON_OVERWRITE = {RECORD.name, LOCK, "run.log"}
 
 
 def error_line(exc: BaseException) -> str:
@@ -30,11 +48,241 @@ def write_failed_summary(run_dir, exc: BaseException, status: str = "failed") ->
     write_json(Path(run_dir) / SUMMARY, {"status": status, "error": error_line(exc)})
 
 
+def holds_run(run_dir: Path) -> bool:
+    return any((run_dir / name).exists() for name in RUN_FILES)
+
+
+# ---------------------------------------------------------------- overrides
+def read_overrides(path: Path) -> list[str]:
+    """A record's overrides.yaml: a list of strings, or a CheckpointError naming the file."""
+    try:
+        overrides = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise CheckpointError(f"{path}: expected a list of overrides, got {type(overrides).__name__}")
+    return overrides
+
+
+def _parse(overrides: list[str]):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(overrides)
+
+
+def override_key(override) -> str:
+    return override.key_or_group if override.package is None else f"{override.key_or_group}@{override.package}"
+
+
+def job_identity(overrides: list[str]) -> dict:
+    """What tells a job from another: its overrides as {key: (kind, value)}, values parsed (1e-3 is 0.001),
+    without the keys a resume may change."""
+    return {
+        override_key(o): (o.type.name, str(o.value()))
+        for o in _parse(overrides)
+        if override_key(o) not in FREE_KEYS and not o.key_or_group.startswith("hydra")
+    }
+
+
+def merge_overrides(recorded: list[str], given: list[str]) -> list[str]:
+    """The recorded overrides, each replaced by a given one of the same key, then the other given ones."""
+    given_keys = {override_key(o) for o in _parse(given)}
+    kept = [text for text, o in zip(recorded, _parse(recorded)) if override_key(o) not in given_keys]
+    return kept + given
+
+
+# ---------------------------------------------------------------- Hydra resolvers (afqmc/__init__.py)
+_JOB_DIRS: dict[tuple, str] = {}
+
+
+def job_subdir(root) -> str:
+    """hydra.sweep.subdir: the directory of the sweep whose record has this job's overrides, so that a
+    re-run sweep finds each job's run whatever its number; else a new one, named by the job's number or,
+    when that is taken, the next free number (mkdir is atomic: jobs run in parallel never share one)."""
+    hydra = root.hydra
+    sweep_dir, overrides = Path(str(hydra.sweep.dir)), list(hydra.overrides.task)
+    key = (str(sweep_dir.resolve()), tuple(overrides))
+    if key not in _JOB_DIRS:
+        _JOB_DIRS[key] = _matching_job(sweep_dir, overrides) or _new_job_dir(sweep_dir, int(hydra.job.num))
+    return _JOB_DIRS[key]
+
+
+def _matching_job(sweep_dir: Path, overrides: list[str]) -> str | None:
+    identity = job_identity(overrides)
+    for record in sorted(sweep_dir.glob(f"*/{OVERRIDES.as_posix()}")):
+        try:
+            if job_identity(read_overrides(record)) == identity:
+                return record.parent.parent.name
+        except CheckpointError:
+            continue  # an unreadable record is no job's
+    return None
+
+
+def _new_job_dir(sweep_dir: Path, num: int) -> str:
+    while True:
+        try:
+            (sweep_dir / str(num)).mkdir(parents=True)
+            return str(num)
+        except FileExistsError:
+            num += 1
+
+
+def record_subdir(root) -> str | None:
+    """hydra.output_subdir: None, so that Hydra leaves the record as it is, where the run directory
+    already has one and this run either resumes it or will be refused (it holds a run); else .hydra."""
+    run_dir = Path(str(root.hydra.runtime.output_dir))
+    resume = OmegaConf.select(root, "trainer.resume", default=False) is True
+    overwrite = OmegaConf.select(root, "trainer.overwrite", default=False) is True
+    if (run_dir / OVERRIDES).is_file() and not overwrite and (resume or holds_run(run_dir)):
+        return None
+    return RECORD.name
+
+
+# ---------------------------------------------------------------- resume by directory (run.py)
+def _given(argv: list[str]) -> dict:
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    return {override_key(o): o for o in _parse(overrides)}
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """`python run.py hydra.run.dir=RUN trainer.resume=true`: the run's recorded overrides, then the given
+    ones (a given key replaces a recorded one; check_record then refuses any change resume does not allow).
+    A sweep re-run with no sweep of its own (`-m hydra.sweep.dir=SWEEP trainer.resume=true`) gets the
+    sweeper that launches the sweep's recorded jobs again (afqmc/sweeper.py)."""
+    given = _given(argv)
+    if not (given.get("trainer.resume") and given["trainer.resume"].value() is True):
+        return argv
+    if "-m" in argv or "--multirun" in argv:
+        if "hydra.sweep.dir" not in given or any(k not in FREE_KEYS and not k.startswith("hydra") for k in given):
+            return argv  # the sweep's own command again: each job finds its directory (job_subdir)
+        sweep_dir = Path(str(given["hydra.sweep.dir"].value()))
+        if not recorded_jobs(sweep_dir):
+            raise ConfigError(
+                f"hydra.sweep.dir={sweep_dir}: no sweep jobs to resume there (job directories hold "
+                f"{OVERRIDES}); give the sweep's arguments to start it"
+            )
+        return [*argv, "hydra/sweeper=afqmc_resume"]
+    if "hydra.run.dir" not in given:
+        return argv
+    record = Path(str(given["hydra.run.dir"].value())) / OVERRIDES
+    if not record.is_file():
+        return argv  # nothing recorded: a fresh start (trainer.resume=true starts from scratch)
+    run_py, *args = argv
+    return [
+        run_py,
+        *merge_overrides(read_overrides(record), [a for a in args if "=" in a and not a.startswith("-")]),
+        *[a for a in args if not ("=" in a and not a.startswith("-"))],
+    ]
+
+
+def recorded_jobs(sweep_dir: Path) -> list[tuple[Path, list[str]]]:
+    """(job directory, its recorded overrides) for each job of a sweep directory, in find_runs' order."""
+    return [(run_dir, read_overrides(run_dir / OVERRIDES)) for run_dir in find_runs(sweep_dir) if run_dir != sweep_dir]
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that goes on with this run: the sweep's under a multirun, torchrun's under torchrun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        sweep_dir = HydraConfig.get().sweep.dir
+        return (
+            f"python run.py -m hydra.sweep.dir={shlex.quote(str(sweep_dir))} trainer.resume=true (with the "
+            "sweep's hydra/launcher options)"
+        )
+    args = f"run.py hydra.run.dir={shlex.quote(str(run_dir))} trainer.resume=true"
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if world == 1:
+        return f"python {args}"
+    if world == local:
+        return f"torchrun --standalone --nproc_per_node={local} {args}"
+    return f"the same torchrun command on each node, with {args}"
+
+
+# ---------------------------------------------------------------- one run per directory
+@contextmanager
+def claimed(run_dir: Path, cfg):
+    """Holds the run directory for this process (an flock on RUN/.lock, which the kernel releases when
+    the process ends, however it ends), after checking that the run may use it: a resume must have the
+    config the run recorded; a fresh run takes a directory that holds no run, or replaces it with
+    trainer.overwrite=true."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / LOCK
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process"
+            raise RunDirError(
+                f"{run_dir} is in use by {holder} ({lock}): one run at a time in a directory; "
+                "wait for it to end, or give another hydra.run.dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        if cfg.trainer.resume:
+            check_record(run_dir, cfg)
+        elif holds_run(run_dir):
+            if not cfg.trainer.overwrite:
+                raise RunDirError(
+                    f"{run_dir} holds a run already ({_status(run_dir)}): trainer.resume=true goes on "
+                    "with it, trainer.overwrite=true replaces it, or give another hydra.run.dir"
+                )
+            _clear(run_dir)
+        yield
+    finally:
+        os.close(fd)
+
+
+def discard(run_dir: Path) -> None:
+    """A run directory that no run claimed (its config was refused): Hydra's record and log go, and the
+    directory too when nothing else is in it. One that holds a run is left as it is."""
+    if holds_run(run_dir) or (run_dir / LOCK).exists():
+        return
+    shutil.rmtree(run_dir / RECORD, ignore_errors=True)
+    (run_dir / "run.log").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()
+
+
+def _status(run_dir: Path) -> str:
+    summary, error = read_summary(run_dir)
+    return summary.get("status", "") if isinstance(summary.get("status"), str) and not error else error
+
+
+def _clear(run_dir: Path) -> None:
+    """trainer.overwrite=true: the old run's files go (its record was just rewritten by Hydra)."""
+    for path in run_dir.iterdir():
+        if path.name not in KEEP_ON_OVERWRITE:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    (run_dir / "run.log").write_text("", encoding="utf-8")
+
+
+def check_record(run_dir: Path, cfg) -> None:
+    """A resumed run's config must be the one its directory records, but for the keys resume may change."""
+    path = run_dir / CONFIG
+    if not path.is_file():
+        return  # no record: the run starts from scratch here
+    try:
+        recorded = config_snapshot(OmegaConf.load(path))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as e:
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    changes = config_changes(recorded, config_snapshot(cfg))
+    if changes:
+        raise ConfigError(
+            f"trainer.resume=true, but {run_dir} was started with another config: {'; '.join(changes)}. Resume it "
+            f"with its own: python run.py hydra.run.dir={shlex.quote(str(run_dir))} trainer.resume=true (only "
+            f"{', '.join(sorted(FREE_KEYS))} may be given besides)"
+        )
+
+
+# ---------------------------------------------------------------- read back
 @dataclass
 class Run:
     path: Path
     overrides: list[str]  # the command-line overrides of this run, as Hydra recorded them
-    status: str  # completed | failed | interrupted
+    status: str  # completed | failed | interrupted | unreadable
     error: str = ""  # first line of what went wrong (failed runs)
     summary: dict = field(default_factory=dict)
     curve: list[dict] = field(default_factory=list)  # metrics.jsonl's dev records, one per epoch
@@ -54,32 +302,44 @@ def find_runs(root) -> list[Path]:
 
 
 def load_run(path: Path) -> Run:
-    overrides = [str(o) for o in OmegaConf.load(path / OVERRIDES)]
-    summary, error = _read_summary(path)
+    """A run as its directory says; one whose files cannot be read is `unreadable`, with why."""
+    try:
+        overrides = read_overrides(path / OVERRIDES)
+        curve = _dev_curve(path)
+    except (CheckpointError, OSError, UnicodeDecodeError) as e:
+        return Run(path, [], "unreadable", error_line(e))
+    summary, error = read_summary(path)
     status = "completed" if not error else "interrupted" if summary.get("status") == "interrupted" else "failed"
-    return Run(path, overrides, status, error, summary, _dev_curve(path))
+    return Run(path, overrides, status, error, summary, curve)
 
 
 def completed_summary(run_dir) -> dict | None:
-    """The summary of a run that completed; None for one that failed, was killed or never ran."""
-    summary, error = _read_summary(Path(run_dir))
+    """The summary of a run that completed; None for one that failed, was killed or never ran. A summary
+    that says completed but lacks what a completed run records is an error, not a completed run."""
+    summary, error = read_summary(Path(run_dir))
+    if error and summary.get("status") == "completed":
+        raise CheckpointError(f"{Path(run_dir) / SUMMARY}: {error}; start the run afresh with trainer.overwrite=true")
     return None if error else summary
 
 
-def _read_summary(path: Path) -> tuple[dict, str]:
+def read_summary(path: Path) -> tuple[dict, str]:
     """(summary, error); the error is empty for a completed run."""
     file = path / SUMMARY
     if not file.is_file():
         return {}, f"no {SUMMARY}: the run was killed, or is still running"
     try:
         summary = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (ValueError, OSError) as e:  # (a UnicodeDecodeError is a ValueError)
         return {}, f"unreadable {SUMMARY}: {e}"
     if not isinstance(summary, dict):
         return {}, f"unreadable {SUMMARY}: expected a JSON object, got {type(summary).__name__}"
     if summary.get("status") == "completed":
+        best = summary.get("best")
+        if not (isinstance(best, dict) and isinstance(best.get("value"), (int, float))):
+            return summary, f"{SUMMARY} says completed but has no best value"
         return summary, ""
-    return summary, summary.get("error") or f"{SUMMARY} has status {summary.get('status')!r}"
+    error = summary.get("error")
+    return summary, error if isinstance(error, str) and error else f"{SUMMARY} has status {summary.get('status')!r}"
 
 
 def _dev_curve(path: Path) -> list[dict]:
@@ -90,6 +350,6 @@ def _dev_curve(path: Path) -> list[dict]:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash
-            if record.get("type") == "eval" and record.get("split", "dev") == "dev":
+            if isinstance(record, dict) and record.get("type") == "eval" and record.get("split", "dev") == "dev":
                 records.append(record)
     return records

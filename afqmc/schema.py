@@ -162,7 +162,32 @@ def compose_error(e: Exception) -> str:
         path = cause.full_key.rpartition(".")[0]
         override = re.search(r"use \+(\S+)", text)  # the override as typed, value included
         return unknown_key(override.group(1) if override else cause.full_key, cause.key, parent.keys(), path)
+    if not text.strip() and cause is not None:  # e.g. a YAML !!set, which OmegaConf cannot hold
+        return omegaconf_error(cause)
     text = text.split("\nConfig search path:")[0]  # the search path is noise to a user
     text = re.sub(r":\n\t", ": ", text)  # "Available options in 'optimizer':\n\tadamw\n\tsgd"
     text = re.sub(r"\n\t", ", ", text)
     return re.sub(r"\s*\n+\s*", ". ", text.strip())
+
+
+def omegaconf_error(e: Exception) -> str:
+    key = getattr(e, "full_key", None)
+    return f"{key + ': ' if key else ''}{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+
+
+def startup_error(e: Exception) -> str:
+    """One line for what stops run.py before a run starts (run.py's cli)."""
+    import yaml
+    from hydra.errors import CompactHydraException
+
+    if isinstance(e, CompactHydraException):
+        return f"ConfigError: {compose_error(e)}"
+    if isinstance(e, yaml.MarkedYAMLError):  # e.g. a tag such as !!python/object: never constructed
+        mark = e.problem_mark or e.context_mark
+        where = f"{mark.name}:{mark.line + 1}: " if mark else ""
+        return f"ConfigError: {where}{e.problem or e.context} (config files are plain YAML: no tags)"
+    if isinstance(e, OmegaConfBaseException):
+        return f"ConfigError: {omegaconf_error(e)}"
+    if isinstance(e, OSError) and e.filename:
+        return f"RunDirError: {e.filename}: {e.strerror or e} (the run directory, hydra.run.dir or hydra.sweep.dir)"
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"

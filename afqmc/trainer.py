@@ -30,10 +30,10 @@ from transformers import set_seed
 from . import checkpoint
 from . import distributed as dist
 from .checkpoint import BEST, LAST, STATE, MetricsLog, TrainState
-from .errors import ConfigError, Interrupted, TrainingError
+from .errors import ConfigError, DataError, Interrupted, TrainingError
 from .metrics import classification_metrics
 from .registry import COLLATORS, DATASETS, MODELS, OPTIMIZERS, SCHEDULERS
-from .runs import completed_summary
+from .runs import completed_summary, resume_command
 from .sampling import TrainBatchSampler, sorted_batches, split_by_length
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,7 @@ class Trainer:
         if dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
             # Resuming replays the steps past the checkpoint: their records go, or they would be there twice.
-            self.metrics = MetricsLog(
-                self.out / "metrics.jsonl", self.state.metrics_offset if self.tcfg.resume else None
-            )
+            self.metrics = MetricsLog(self.out / "metrics.jsonl", self.state.metrics_offset, self.state.metrics_sha256)
         self.built = True
 
     def _setup_device(self) -> torch.device:
@@ -183,6 +181,8 @@ class Trainer:
             for split, ds in (("dev", self.dev_set), ("test", self.test_set))
             if ds is not None
         }
+        splits = (("train", self.train_set), ("dev", self.dev_set), ("test", self.test_set))
+        self.data = {split: ds.fingerprint() for split, ds in splits if ds is not None}  # for checkpoints/last
         n_test = self.test_set.count() if self.test_set is not None else "no"
         log.info("data: %d train, %d dev, %s test pairs", n_train, self.dev_set.count(), n_test)
 
@@ -216,7 +216,7 @@ class Trainer:
     def train(self) -> None:
         t, model, s = self.tcfg, self.model, self.state
         first_epoch, done = s.epoch, s.batch
-        running = None if s.running_loss is None else s.running_loss.to(self.device)
+        running = None if s.running_loss is None else s.running_loss[dist.rank()].to(self.device)  # this rank's
         show_bar = sys.stderr.isatty()
         for epoch in range(first_epoch, t.epochs + 1):
             if s.step >= self.total_steps:
@@ -273,7 +273,7 @@ class Trainer:
                     self._save_last(epoch, i + 1, running)
                     raise Interrupted(
                         f"Ctrl-C at epoch {epoch}, step {s.step}: saved {self.out / LAST}; "
-                        f"go on with: python run.py hydra.run.dir={self.out} trainer.resume=true"
+                        f"go on with: {resume_command(self.out)}"
                     )
                 if s.step >= self.total_steps:
                     break
@@ -385,14 +385,17 @@ class Trainer:
         if running is not None:  # (None at an epoch's end: checked before the evaluation)
             self._check_finite(running, epoch)
         rngs = dist.gather(checkpoint.rng_state(self.device))  # each rank's: their dropout draws differ
+        losses = dist.gather(None if running is None else running.detach().cpu())  # and their losses
         if not dist.is_main():
             return
         state = replace(
             self.state,
             epoch=epoch,
             batch=batch,
-            running_loss=None if running is None else running.detach().cpu(),
+            running_loss=None if running is None else losses,
             metrics_offset=self.metrics.offset(),
+            metrics_sha256=self.metrics.sha256(),
+            data=self.data,
             optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict(),
@@ -408,6 +411,7 @@ class Trainer:
         if path is None:
             log.info("trainer.resume=true but no %s: starting from scratch", self.out / LAST)
             return TrainState()
+        model = checkpoint.load_model(path)  # (its files verified first, state.pt's too)
         state = TrainState.load(path / STATE)
         changes = checkpoint.config_changes(state.config, checkpoint.config_snapshot(self.cfg))
         if len(state.rng) != dist.world_size():  # each rank has its share of the batches: another split of them
@@ -417,7 +421,18 @@ class Trainer:
                 f"trainer.resume=true, but the config differs from the one {path} was written with: "
                 f"{'; '.join(changes)}. Resume with the overrides the run was started with"
             )
-        self.model.load_state_dict(checkpoint.load_model(path).state_dict())
+        changed = [
+            f"{split}: {was['examples']} examples, sha256 {was['sha256'][:12]}... -> {now['examples']}, "
+            f"{now['sha256'][:12]}..."
+            for split, was in state.data.items()
+            if (now := self.data.get(split)) and (was["examples"], was["sha256"]) != (now["examples"], now["sha256"])
+        ]
+        if changed:  # the same steps over other pairs would be neither this run nor a new one
+            raise DataError(
+                f"trainer.resume=true, but the data changed since {path} was written: {'; '.join(changed)}. "
+                "Resume on the data the run started with, or start it afresh with trainer.overwrite=true"
+            )
+        self.model.load_state_dict(model.state_dict())
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
         self.scaler.load_state_dict(state.scaler)

@@ -35,6 +35,7 @@ TRAINER_KEYS = {  # conf/trainer/default.yaml
     "cpu_threads": Key(int, null=True, min=1),
     "save_every_steps": Key(int, null=True, min=1),
     "resume": Key(bool),
+    "overwrite": Key(bool),
 }
 
 

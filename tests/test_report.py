@@ -118,7 +118,10 @@ def test_curves_png_is_an_image_with_readable_labels(sweep):
 
 def test_run_order_and_unreadable_summaries(tmp_path):
     for job in ("10", "2", "1"):
-        write_fake_run(tmp_path / job, [f"trainer.seed={job}"], {"status": "completed", "dev": {"f1_macro": 0.5}})
+        best = {"epoch": 1, "metric": "f1_macro", "value": 0.5}
+        write_fake_run(
+            tmp_path / job, [f"trainer.seed={job}"], {"status": "completed", "best": best, "dev": {"f1_macro": 0.5}}
+        )
     write_fake_run(tmp_path / "cut" / "short", ["trainer.seed=3"], '{"status": "compl')
     write_fake_run(tmp_path / "other", ["trainer.seed=4"], {"status": "interrupted"})
     assert [p.relative_to(tmp_path).as_posix() for p in find_runs(tmp_path)] == ["1", "2", "10", "cut/short", "other"]
@@ -202,7 +205,7 @@ def together(tmp_path_factory):
     """Three runs started at the same moment with the configured hydra.run.dir (outputs/runs/<time>_<run id>,
     relative to where one runs): one completes, one raises an AfqmcError, one raises another exception."""
     cwd = tmp_path_factory.mktemp("together")
-    args = {"completes": [], "config_error": ["trainer.precision=fp99"], "value_error": ["trainer.seed=7"]}
+    args = {"completes": [], "data_error": ["dataset.root=no-such-dir"], "value_error": ["trainer.seed=7"]}
     procs = {name: start(*SMALL, *extra, cwd=cwd, crash=name == "value_error") for name, extra in args.items()}
     return cwd / "outputs" / "runs", {name: finish(p) for name, p in procs.items()}
 
@@ -217,7 +220,7 @@ def test_runs_started_together_get_their_own_directories(together):
     by_overrides = {tuple(OmegaConf.load(d / ".hydra" / "overrides.yaml"))[len(SMALL) :]: d for d in dirs}
     # each directory holds its own run's summary: no run wrote into another's directory
     status = {o: json.loads((d / "summary.json").read_text())["status"] for o, d in by_overrides.items()}
-    assert status == {(): "completed", ("trainer.precision=fp99",): "failed", ("trainer.seed=7",): "failed"}
+    assert status == {(): "completed", ("dataset.root=no-such-dir",): "failed", ("trainer.seed=7",): "failed"}
     assert not any((d / "report.md").exists() for d in dirs)  # the report callback acts on multiruns only
 
 
@@ -225,9 +228,9 @@ def test_runs_started_together_get_their_own_directories(together):
 def test_failed_runs_are_reported_with_their_error(together, tmp_path):
     runs, results = together
     runs = Path(shutil.copytree(runs, tmp_path / "runs"))  # the fake run below stays out of the other tests
-    (rc_ok, out_ok), (rc_config, out_config), (rc_value, out_value) = results.values()
+    (rc_ok, out_ok), (rc_data, out_data), (rc_value, out_value) = results.values()
     assert rc_ok == 0, out_ok[-3000:]
-    assert rc_config == 1 and "Traceback" not in out_config, out_config[-3000:]  # an AfqmcError: its message only
+    assert rc_data == 1 and "Traceback" not in out_data, out_data[-3000:]  # an AfqmcError: its message only
     assert rc_value != 0 and "ValueError" in out_value, out_value[-3000:]  # any other exception: re-raised
     write_fake_run(runs / "killed", ["experiment=smoke"])  # crashed before writing summary.json
 
@@ -235,14 +238,15 @@ def test_failed_runs_are_reported_with_their_error(together, tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = read_csv(runs / "report.csv")
     errors = {r["overrides"].split()[-1]: (r["status"], r["error"]) for r in rows}
-    assert errors["trainer.precision=fp99"] == (
+    assert errors["dataset.root=no-such-dir"] == (
         "failed",
-        "ConfigError: trainer.precision='fp99' is invalid; expected one of 'auto', 'fp32', 'bf16', 'fp16'",
+        "DataError: no-such-dir/train.json: split file 'train' not found "
+        "(dataset.root=no-such-dir, dataset.splits.train)",
     )
     assert errors["trainer.seed=7"] == ("failed", "ValueError: Trainer.fit crashed (a bug planted by the test)")
     assert errors["experiment=smoke"][0] == "failed" and errors["experiment=smoke"][1].startswith("no summary.json")
     assert errors[SMALL[-1]] == ("completed", "")
     md = (runs / "report.md").read_text()
     assert "4 runs, 1 completed, 3 failed." in md
-    line = next(line for line in md.splitlines() if "trainer.precision=fp99" in line)
-    assert "| failed |" in line and line.endswith(f"| {errors['trainer.precision=fp99'][1]} |"), line
+    line = next(line for line in md.splitlines() if "dataset.root=no-such-dir" in line)
+    assert "| failed |" in line and line.endswith(f"| {errors['dataset.root=no-such-dir'][1]} |"), line

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from afqmc.checkpoint import TrainState
+from afqmc.errors import CheckpointError
 from afqmc.runs import completed_summary
 from afqmc.sampling import TrainBatchSampler
 
@@ -22,7 +23,7 @@ def read_state(run_dir):
     """checkpoints/last's training state, or None (none yet, or caught between the renames of a save)."""
     try:
         return TrainState.load(run_dir / "checkpoints" / "last" / "state.pt")
-    except (FileNotFoundError, RuntimeError, EOFError):
+    except CheckpointError:
         return None
 
 
