@@ -221,7 +221,10 @@ def load_model(path: Path):
     try:
         return MODELS.component(name).hooks["load"](Path(path))
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
-        raise CheckpointError(f"{path}: the {name} model cannot be loaded ({_first_line(e)}). " + _WHAT_TO_DO) from None
+        weights = ", ".join(sorted(f.name for f in Path(path).glob("*.safetensors"))) or "no weights file"
+        raise CheckpointError(
+            f"{path}: the {name} model cannot be loaded from its files ({weights}): {_first_line(e)}. " + _WHAT_TO_DO
+        ) from None
 
 
 def find_last(run_dir: Path) -> Path | None:

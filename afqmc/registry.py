@@ -110,12 +110,12 @@ def _import_components() -> None:
         importlib.import_module(module)
 
 
-def check_names(cfg) -> None:
+def check_names(cfg, registries=None) -> None:
     """Fail on an unknown component name before any data or model is loaded."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    for registry in (DATASETS, COLLATORS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS):
+    for registry in registries or (DATASETS, COLLATORS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS):
         try:
             name = OmegaConf.select(cfg, registry.key)
         except OmegaConfBaseException as e:  # e.g. an interpolation of a key that is not there

@@ -172,8 +172,8 @@ def runs_section(
 ) -> list[str]:
     counts = ", ".join(
         f"{sum(r.status == s for r in runs)} {s}"
-        for s in ("completed", "failed", "interrupted")
-        if s != "interrupted" or any(r.status == s for r in runs)
+        for s in ("completed", "failed", "interrupted", "unreadable")
+        if s in ("completed", "failed") or any(r.status == s for r in runs)
     )
     out = ["## Runs", "", f"{len(runs)} runs, {counts}."]
     done = [r for r in runs if r.status == "completed" and r.get("dev", metric) is not None]

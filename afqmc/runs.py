@@ -148,7 +148,7 @@ def resume_argv(argv: list[str]) -> list[str]:
     """`python run.py hydra.run.dir=RUN trainer.resume=true`: the run's recorded overrides, then the given
     ones (a given key replaces a recorded one; check_record then refuses any change resume does not allow).
     A sweep re-run with no sweep of its own (`-m hydra.sweep.dir=SWEEP trainer.resume=true`) gets the
-    sweeper that launches the sweep's recorded jobs again (afqmc/sweeper.py)."""
+    sweeper that launches the sweep's recorded jobs again (hydra_plugins/afqmc_resume_sweeper)."""
     given = _given(argv)
     if not (given.get("trainer.resume") and given["trainer.resume"].value() is True):
         return argv

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
-from .registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS, check_names
+from .registry import COLLATORS, DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS, check_names
 
 GROUPS = {registry.key.split(".")[0]: registry for registry in (DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS)}
 TYPE_NAMES = {
@@ -115,35 +115,52 @@ def unknown_key(shown: str, key: str, known, path: str = "") -> str:
     return f"{shown}: unknown key; {f'keys of {path}' if path else 'config groups'}: {', '.join(known)}{hint}"
 
 
-def check_map(node: dict, schema: dict[str, Key], path: str) -> None:
+def map_problems(node: dict, schema: dict[str, Key], path: str) -> list[str]:
     """Every key of `node` known, every key of `schema` present and accepted; nested maps recursively."""
-    for key, value in node.items():
-        if key not in schema:
-            raise ConfigError(unknown_key(f"{path}.{key}={_show(value)}", key, schema, path))
+    problems = [unknown_key(f"{path}.{k}={_show(v)}", k, schema, path) for k, v in node.items() if k not in schema]
     for key, spec in schema.items():
         if key not in node:
-            raise ConfigError(f"{path}.{key} is missing; expected {spec.describe()}")
-        value = node[key]
-        if not spec.accepts(value):
-            raise ConfigError(f"{path}.{key}={_show(value)} is invalid; expected {spec.describe()}")
-        if spec.keys is not None and value is not None:
-            check_map(value, spec.keys, f"{path}.{key}")
+            problems.append(f"{path}.{key} is missing; expected {spec.describe()}")
+        elif not spec.accepts(node[key]):
+            problems.append(f"{path}.{key}={_show(node[key])} is invalid; expected {spec.describe()}")
+        elif spec.keys is not None and node[key] is not None:
+            problems += map_problems(node[key], spec.keys, f"{path}.{key}")
+    return problems
 
 
 def check_config(cfg: DictConfig) -> None:
     """The composed config against the schemas of the components it names, then each component's own
-    whole-config check (e.g. dataset.max_length against the checkpoint's positions)."""
-    check_names(cfg)
-    for group in cfg:
-        if group not in GROUPS:
-            raise ConfigError(unknown_key(group, group, GROUPS))
-    components = {group: registry.component(cfg[group].name) for group, registry in GROUPS.items()}
-    for group, component in components.items():
-        if component.schema is not None:
-            check_map(_plain(cfg, group), {"name": Key(str), **component.schema}, group)
+    whole-config check (e.g. dataset.max_length against the checkpoint's positions). Every problem
+    found goes into one ConfigError: a config is fixed in one go, not one key per attempt."""
+    problems = [unknown_key(group, group, GROUPS) for group in cfg if group not in GROUPS]
+    components = {}
+    for registry in (*GROUPS.values(), COLLATORS):
+        try:
+            check_names(cfg, [registry])
+        except ConfigError as e:
+            problems.append(str(e))
+        else:
+            components[registry] = registry.component(OmegaConf.select(cfg, registry.key))
+    named = tuple(f"{r.key}{end}" for r in (*GROUPS.values(), COLLATORS) if r not in components for end in " =")
+    for group, registry in GROUPS.items():
+        if registry in components and components[registry].schema is not None:
+            try:
+                found = map_problems(_plain(cfg, group), {"name": Key(str), **components[registry].schema}, group)
+            except ConfigError as e:
+                found = [str(e)]
+            problems += [p for p in found if not p.startswith(named)]  # (a bad name is said once)
     for component in components.values():
-        if component.check is not None:
-            component.check(cfg)
+        try:
+            if component.check is not None:
+                component.check(cfg)
+        except ConfigError as e:
+            problems.append(str(e))
+        except Exception:  # noqa: BLE001  (a check tripping over a value already found invalid)
+            if not problems:
+                raise
+    if problems:
+        many = f"{len(problems)} problems: " + " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+        raise ConfigError(problems[0] if len(problems) == 1 else many)
 
 
 def _plain(cfg: DictConfig, group: str) -> dict:

@@ -19,9 +19,9 @@ CONF = ROOT / "conf"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def compose_cfg(overrides=()):
+def compose_cfg(overrides=(), hydra=False):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def write_jsonl(path: Path, rows) -> Path:

@@ -1,11 +1,13 @@
 """run.py as a user runs it: a bad config or an unreachable model is one error line, exit 1, no traceback."""
 
 import os
+import subprocess
+import sys
 import time
 
 import pytest
 
-from .conftest import run_py
+from .conftest import ROOT, run_py
 
 
 @pytest.mark.parametrize(
@@ -55,3 +57,48 @@ def test_offline_hub_name_fails_fast(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in out, out
     assert "model.checkpoint='no-such-org/no-such-model'" in out and "local directory" in out, out
     assert seconds < 20, seconds
+
+
+def test_a_bad_config_is_reported_whole_within_seconds_and_leaves_no_run_directory(tmp_path):
+    start = time.monotonic()
+    proc = run_py(
+        "experiment=smoke",
+        "trainer.epochs=abc",
+        "optimizer.lr=-1",
+        "dataset.format=xml",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    seconds = time.monotonic() - start
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    line = next(line for line in out.splitlines() if "ConfigError" in line)
+    assert "ConfigError: 3 problems: (1) dataset.format='xml' is invalid" in line, line
+    assert "(2) optimizer.lr=-1 is invalid" in line and "(3) trainer.epochs='abc' is invalid" in line, line
+    assert seconds < 3, seconds  # the config is checked before torch and transformers load
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_config_check_loads_neither_torch_nor_transformers():
+    code = (
+        "import sys; from tests.conftest import compose_cfg; from afqmc.schema import check_config; "
+        "check_config(compose_cfg(['experiment=smoke'])); "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_a_missing_key_is_called_missing(tmp_path):
+    """The README's corpus YAML without its `collate` line: missing, not 'None is not registered'."""
+    (tmp_path / "conf" / "dataset").mkdir(parents=True)
+    text = (ROOT / "conf" / "dataset" / "afqmc.yaml").read_text()
+    (tmp_path / "conf" / "dataset" / "mycorpus.yaml").write_text(
+        "".join(line for line in text.splitlines(keepends=True) if not line.startswith("collate:"))
+    )
+    proc = run_py(
+        "dataset=mycorpus", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", f"hydra.run.dir={tmp_path / 'r'}"
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "ConfigError: dataset.collate is missing; expected one of: pair_tokenize" in out, (
+        out
+    )
