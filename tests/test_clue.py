@@ -174,3 +174,16 @@ def test_a_checkpoint_with_another_head_gets_a_new_one_and_keeps_its_encoder(tin
     assert model.classifier.out_features == 15 and model.config.id2label[14] == "116"
     embeddings = "bert.embeddings.word_embeddings.weight"
     assert model.state_dict()[embeddings].equal(saved[embeddings])
+
+
+def test_predict_cli_takes_one_sentence_for_a_single_sentence_model(runs, tmp_path, capsys):
+    from afqmc.predict import main as predict
+
+    best = str(runs / "tnews" / "checkpoints" / "best")
+    assert predict([best, "借呗怎么还款"]) == 0
+    label = capsys.readouterr().out.split()[1]
+    assert label in TASKS["tnews"][3]
+    write_jsonl(tmp_path / "titles.jsonl", [tnews_line(i, labeled=False) for i in range(3)])
+    assert predict([best, "--file", str(tmp_path / "titles.jsonl"), "--text-a", "sentence", "--single"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["id"] for x in lines] == [0, 1, 2] and {x["label"] for x in lines} <= TASKS["tnews"][3]
