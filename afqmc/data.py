@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import count, islice
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,6 +34,7 @@ from .schema import Key
 
 log = logging.getLogger(__name__)
 FORMATS = {"jsonl": None, "csv": ",", "tsv": "\t"}  # format -> delimiter
+QUOTINGS = ("none", "csv")  # dataset.quoting; null: csv for CSV, none for TSV
 MAX_LINE_BYTES = 1 << 20  # for configs without dataset.max_line_bytes (afqmc.predict's)
 
 
@@ -78,16 +80,35 @@ def _rest_of_line(f) -> int:
     return size
 
 
-def _rows(
-    path: Path, fmt: str, max_bytes: int = MAX_LINE_BYTES, header: tuple = ()
-) -> Iterator[tuple[int, dict | DataError]]:
+@dataclass(frozen=True)
+class Layout:
+    """How a split file's lines become records: the dataset keys that read a file, as plain values."""
+
+    fmt: str  # jsonl | csv | tsv
+    header: bool = True  # CSV/TSV: the first line names the columns; false: columns are 0-based positions
+    quoting: str = "none"  # CSV/TSV: none (a delimiter separates, a newline ends a row) | csv (quoted fields)
+    max_bytes: int = MAX_LINE_BYTES
+    labels: frozenset = frozenset()  # raw labels: a first line holding one looks like data, not a header
+
+    @classmethod
+    def of(cls, cfg) -> Layout:
+        """.get: afqmc.predict's config has only format and columns."""
+        fmt = cfg.format
+        if fmt not in FORMATS:
+            raise ConfigError(f"dataset.format={fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
+        quoting = cfg.get("quoting") or ("csv" if fmt == "csv" else "none")  # null: the format's usual one
+        labels = frozenset(str(k) for k in cfg.get("label_map", {}))
+        return cls(fmt, cfg.get("header", True), quoting, cfg.get("max_line_bytes", MAX_LINE_BYTES), labels)
+
+
+def _rows(path: Path, layout: Layout, needed: tuple = ()) -> Iterator[tuple[int, dict | DataError]]:
     """(line number, raw record) for each non-blank line, or a DataError in place of a bad line: the
-    caller decides whether it stops the run (dataset.on_bad_line). `header`: columns a CSV/TSV must have."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"dataset.format={fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
-    lines = _lines(path, max_bytes)
-    if FORMATS[fmt]:
-        yield from _csv_rows(path, lines, fmt, header)
+    caller decides whether it stops the run (dataset.on_bad_line). `needed`: the columns a CSV/TSV must
+    have (names, or positions with header=false). Every line is one record or one error, never part of
+    another: rows + bad lines + blank lines (+ the header) = the lines of the file."""
+    lines = _lines(path, layout.max_bytes)
+    if FORMATS[layout.fmt]:
+        yield from _csv_rows(path, lines, layout, needed)
         return
     for lineno, text in lines:
         if isinstance(text, DataError):
@@ -108,49 +129,126 @@ def _json_object(text: str, where: str) -> dict | DataError:
     return row
 
 
-def _csv_rows(path: Path, lines, fmt: str, header: tuple) -> Iterator[tuple[int, dict | DataError]]:
-    """The csv module reads the lines (a quoted field may span several); a bad line reaches it as a
-    blank line, which it skips, and its error is yielded in its place."""
-    bad: list[tuple[int, DataError]] = []
-    lineno = 0  # the last line handed to the csv module: the last line of its current record
+class _BadCells(ValueError):
+    """A line that cannot be cut into fields; the message says why."""
 
-    def texts():
-        nonlocal lineno
-        for lineno, text in lines:
-            if isinstance(text, DataError):
-                bad.append((lineno, text))
-                text = "\n"
-            yield text
 
-    reader = csv.DictReader(texts(), delimiter=FORMATS[fmt])
+# the csv module's words for a quote that does not close on its line, and what they mean here
+_CSV_ERRORS = {
+    "unexpected end of data": "a quoted field is not closed on its line",
+    "new-line character seen in unquoted field": "a carriage return (\\r) inside an unquoted field",
+}
+
+
+def _cells(text: str, layout: Layout) -> list[str]:
+    """One line's fields. quoting=none: split at each delimiter, quotes are text. quoting=csv: RFC 4180
+    quoting within the line; a field's quotes must close on the line they open (a sentence has no line
+    break), so a stray quote is an error at its own line and never swallows the lines after it."""
+    delimiter = FORMATS[layout.fmt]
+    if layout.quoting == "none":
+        return text.rstrip("\r\n").split(delimiter)
     try:
-        columns = reader.fieldnames or []
+        return next(csv.reader((text,), delimiter=delimiter, strict=True))
     except csv.Error as e:
-        raise DataError(f"{path}:{lineno}: bad {fmt} header ({e})") from None
-    if bad:  # the header line itself was too long or not UTF-8
-        raise bad[0][1]
-    missing = [c for c in header if c not in columns]
-    if columns and missing:  # a header problem is no single bad line: it stops the run even with skip
-        raise DataError(f"{path}:{lineno}: the header has no column {missing[0]!r} (columns: {', '.join(columns)})")
-    while True:
+        why = next((mine for theirs, mine in _CSV_ERRORS.items() if str(e).startswith(theirs)), str(e))
+        raise _BadCells(f"{why}; dataset.quoting=none reads quotes as plain text") from None
+
+
+def _blank(text: str) -> bool:
+    """No field at all (a line of tabs is a row of empty fields, and so a bad line, not a blank one)."""
+    return not text.strip(" \r\n")
+
+
+def _csv_rows(path: Path, lines, layout: Layout, needed: tuple) -> Iterator[tuple[int, dict | DataError]]:
+    """Records from CSV/TSV lines, one per line. Every record has as many fields as the header (or, with
+    header=false, as the first record): an extra delimiter inside a sentence would shift the columns."""
+    fmt, names, width, first = layout.fmt, None, None, 0
+    for lineno, text in lines:
+        at_header = layout.header and names is None
+        if isinstance(text, DataError):
+            if at_header:  # the header line itself is too long or not UTF-8
+                raise text
+            yield lineno, text
+            continue
+        if _blank(text):
+            continue
         try:
-            row = next(reader, None)
-        except csv.Error as e:
-            row = DataError(f"{path}:{lineno}: bad {fmt} line ({e})")
-        yield from bad
-        bad.clear()
-        if row is None:
-            return
-        yield lineno, row
+            cells = _cells(text, layout)
+        except _BadCells as e:
+            if at_header:  # a header problem is no single bad line: it stops the run even with skip
+                raise DataError(f"{path}:{lineno}: bad {fmt} header ({e})") from None
+            yield lineno, DataError(f"{path}:{lineno}: bad {fmt} line ({e})")
+            continue
+        if width is None:
+            width, first = len(cells), lineno
+            if at_header:
+                names = _header(path, lineno, cells, needed, layout)
+                continue
+            _positions_fit(path, lineno, cells, needed)
+        if len(cells) != width:
+            yield lineno, _width_error(f"{path}:{lineno}", cells, width, first, names, needed, layout)
+            continue
+        yield lineno, dict(zip(names, cells)) if names else dict(enumerate(cells))
+
+
+def _header(path: Path, lineno: int, cells: list[str], needed: tuple, layout: Layout) -> list[str]:
+    where, shown = f"{path}:{lineno}", ", ".join(cells)
+    missing = [c for c in needed if c not in cells]
+    if missing:
+        message = f"{where}: the header has no column {missing[0]!r} (columns: {shown})"
+        if len(missing) == len(needed) and any(c.strip() in layout.labels or c.strip().isdigit() for c in cells):
+            message += (
+                f"; line {lineno} looks like data: for a file without a header, set dataset.header=false "
+                "and give dataset.columns as 0-based positions (text_a=0, ...)"
+            )
+        raise DataError(message)
+    twice = [c for c in needed if cells.count(c) > 1]
+    if twice:
+        raise DataError(f"{where}: the header has column {twice[0]!r} twice (columns: {shown})")
+    return cells
+
+
+def _positions_fit(path: Path, lineno: int, cells: list[str], needed: tuple) -> None:
+    """header=false: the first record sets the width, so a position past it fails every record alike."""
+    beyond = [p for p in needed if p >= len(cells)]
+    if beyond:
+        raise DataError(
+            f"{path}:{lineno}: the first row has {_fields(len(cells))}, but dataset.columns names "
+            f"position {max(beyond)} (0-based), so no line can have it; check dataset.columns and dataset.header"
+        )
+
+
+def _fields(n: int) -> str:
+    return f"{n} field{'s' * (n != 1)}"
+
+
+def _width_error(where, cells, width, first, names, needed, layout) -> DataError:
+    than = f"the header (line {first}) has {width}" if names else f"line {first} has {width}"
+    counts = f"the line has {_fields(len(cells))}, {than}"
+    if len(cells) < width:
+        present = names[: len(cells)] if names else range(len(cells))
+        lost = [c for c in needed if c not in present]
+        if lost:
+            return DataError(f"{where}: missing {_field_name(lost[0])} ({counts})")
+        return DataError(f"{where}: {counts}")
+    extra = {"\t": "a tab", ",": "a comma"}[FORMATS[layout.fmt]]
+    hint = f"; {extra} inside a field?" + (" Quote the field and set dataset.quoting=csv" * (layout.quoting == "none"))
+    return DataError(f"{where}: {counts}{hint}")
+
+
+def _field_name(field: str | int) -> str:
+    return f"column {field}" if isinstance(field, int) else f"field {field!r}"
 
 
 class SkippedLines:
-    """Bad lines left out under dataset.on_bad_line=skip: counted, the first few logged with file:line and why."""
+    """Lines left out of a split: bad ones (dataset.on_bad_line=skip), counted, the first few logged with
+    file:line and why; and lines without a gold label (dataset.no_gold_label), which are no bad lines."""
 
     LOG_FIRST = 5
 
     def __init__(self):
         self.count = 0
+        self.no_gold_label = 0
 
     def add(self, error: DataError) -> None:
         self.count += 1
@@ -158,61 +256,119 @@ class SkippedLines:
             log.warning("skipped %s", error)
 
 
+class _UniqueIds:
+    """The ids of a split that is predicted: two lines with one id would be two answers under one name.
+    Ids are compared as text, since a CSV's "1" and a JSON line's 1 name the same line in a submission."""
+
+    def __init__(self, path: Path, column):
+        self.path, self.column, self.seen = path, column, {}
+
+    def add(self, value, lineno: int, positional: bool) -> None:
+        key = str(value)
+        if key in self.seen:
+            first = self.seen[key]
+            raise DataError(
+                f"{self.path}:{lineno}: duplicate prediction id {value!r}: line {first[0]} ({self._how(*first[1:])}) "
+                f"and line {lineno} ({self._how(value, positional)}); each line needs an id of its own"
+            )
+        self.seen[key] = (lineno, value, positional)
+
+    def _how(self, value, positional: bool) -> str:
+        # (positions alone never clash: a position is one only with dataset.columns.id set)
+        return f"no {_field_name(self.column)}, numbered {value} by position" if positional else f"id {value!r}"
+
+
 def read_examples(path: Path, cfg, labeled: bool, skipped: SkippedLines | None = None) -> Iterator[dict]:
-    """Examples {text_a, text_b, label, id} from one split file; label is the class index or None.
+    """Examples {text_a, text_b, label, id} from one split file; label is the class index or None, text_b
+    None for a single-sentence task (columns.text_b=null).
 
     A bad line raises its DataError; with dataset.on_bad_line=skip it is left out (and counted in `skipped`).
+    A line whose label is one of dataset.no_gold_label is left out and counted. An unlabeled split (the one
+    that is predicted) must have unique ids: a duplicate stops the run whatever on_bad_line says.
     """
     # plain Python values: OmegaConf attribute access per line was most of the reading time
-    cols = SimpleNamespace(**OmegaConf.to_container(cfg.columns))
-    label_map = {str(k): v for k, v in cfg.label_map.items()}
+    cols = SimpleNamespace(**{"label": None, "id": None, **OmegaConf.to_container(cfg.columns)})
+    label_map = {str(k): v for k, v in cfg.get("label_map", {}).items()}
+    no_gold = {str(v) for v in cfg.get("no_gold_label") or ()}
     skip = cfg.get("on_bad_line", "error") == "skip"  # .get: afqmc.predict's config has neither key
-    header = (cols.text_a, cols.text_b, cols.label) if labeled else (cols.text_a, cols.text_b)
-    for n, (lineno, row) in enumerate(_rows(path, cfg.format, cfg.get("max_line_bytes", MAX_LINE_BYTES), header)):
+    layout = Layout.of(cfg)
+    needed = (cols.text_a, cols.text_b, cols.label if labeled else None)
+    if not labeled and not layout.header:  # a headerless test file's id column must be there
+        needed += (cols.id,)
+    ids = None if labeled else _UniqueIds(path, cols.id)
+    skipped = skipped if skipped is not None else SkippedLines()
+    for n, (lineno, row) in enumerate(_rows(path, layout, tuple(c for c in needed if c is not None))):
+        where = f"{path}:{lineno}"
         try:
-            example = _example(row, f"{path}:{lineno}", cols, label_map, labeled, n)
+            example = _example(row, where, cols, label_map, labeled, no_gold)
+            if example is not None:
+                example["id"], positional = _id(row, cols.id, n, where, check=not labeled)
         except DataError as e:
             if not skip:
                 raise
-            if skipped is not None:
-                skipped.add(e)
+            skipped.add(e)
             continue
+        if example is None:
+            skipped.no_gold_label += 1
+            continue
+        if ids is not None:
+            ids.add(example["id"], lineno, positional)
         yield example
 
 
-def _example(row: dict | DataError, where: str, cols, label_map: dict, labeled: bool, n: int) -> dict:
+def _example(row: dict | DataError, where: str, cols, label_map: dict, labeled: bool, no_gold: set) -> dict | None:
+    """The example of one record (its id aside), or None for a line without a gold label."""
     if isinstance(row, DataError):
         raise row
-    texts = []
-    for field in (cols.text_a, cols.text_b):
-        text = row.get(field)
-        if text is None:
-            raise DataError(f"{where}: missing field {field!r} (fields present: {', '.join(map(str, row))})")
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{where}: field {field!r} must be a non-empty string, got {text!r}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate from a JSON escape: the tokenizer cannot take it
-            raise DataError(f"{where}: field {field!r} has an unpaired surrogate (a bad \\u escape)") from None
-        texts.append(text)
+    texts = [_text(row, field, where) for field in (cols.text_a, cols.text_b) if field is not None]
     label = None
     if labeled:
         if row.get(cols.label) is None:
-            raise DataError(f"{where}: missing field {cols.label!r} (labels are required in this split)")
+            raise DataError(f"{where}: missing {_field_name(cols.label)} (labels are required in this split)")
         raw = str(row[cols.label]).strip()
+        if raw in no_gold:
+            return None
         if raw not in label_map:
             raise DataError(f"{where}: label {raw!r} is not in dataset.label_map (allowed: {', '.join(label_map)})")
         label = label_map[raw]
-    # columns.id=null numbers the lines (row.get(None) would be a CSV row's surplus cells)
-    return {"text_a": texts[0], "text_b": texts[1], "label": label, "id": n if cols.id is None else row.get(cols.id, n)}
+    return {"text_a": texts[0], "text_b": texts[1] if len(texts) > 1 else None, "label": label, "id": None}
+
+
+def _text(row: dict, field, where: str) -> str:
+    text = row.get(field)
+    if text is None:
+        raise DataError(f"{where}: missing {_field_name(field)} (fields present: {', '.join(map(str, row))})")
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: {_field_name(field)} must be a non-empty string, got {text!r}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape: the tokenizer cannot take it
+        raise DataError(f"{where}: {_field_name(field)} has an unpaired surrogate (a bad \\u escape)") from None
+    return text
+
+
+def _id(row: dict, column, n: int, where: str, check: bool) -> tuple[object, bool]:
+    """(id, whether it is the line's position n): a line without one (no field, null, an empty cell) is
+    numbered by its position among the records. `check`: a predicted split's ids must be text or integers."""
+    value = None if column is None else row.get(column)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return n, True
+    if check and (isinstance(value, bool) or not isinstance(value, (str, int))):
+        raise DataError(f"{where}: {_field_name(column)} (the id) must be a string or an integer, got {value!r}")
+    return value, False
 
 
 def split_path(cfg, split: str) -> Path:
     return Path(cfg.root) / cfg.splits[split]
 
 
+# predictions/<task>_predict.json is written as .<task>_predict.json.tmp first (checkpoint.atomic_write),
+# and a file name has at most 255 bytes on Linux, macOS and Windows file systems alike
+MAX_TASK_BYTES = 255 - len(".tmp") - len("._predict.json")
+
+
 def _file_name_part(task: str) -> bool:
-    return not any(bad in task for bad in ("/", "\\", "..", "\0"))
+    return not any(bad in task for bad in ("/", "\\", "..", "\0")) and len(task.encode("utf-8")) <= MAX_TASK_BYTES
 
 
 def _class_indices(label_map: dict) -> bool:
@@ -221,20 +377,43 @@ def _class_indices(label_map: dict) -> bool:
     return len(values) >= 2 and all(type(v) is int for v in values) and sorted(values) == list(range(len(values)))
 
 
+def _column(null: bool = False, what: str = "") -> Key:
+    """A field name (JSON lines, or CSV/TSV with a header) or a 0-based position (dataset.header=false)."""
+    return Key((str, int), null=null, min=0, says=f"{what}a name, or a 0-based position with dataset.header=false")
+
+
+def _raw_labels(values: list) -> bool:
+    return all(isinstance(v, (str, int)) and not isinstance(v, bool) and str(v).strip() for v in values)
+
+
 DATASET_KEYS = {  # conf/dataset/afqmc.yaml, checked before anything loads (afqmc/schema.py)
     # task names predictions/<task>_predict.json: a separator or '..' would write outside the run directory
     "task": Key(
-        str, rule=_file_name_part, says="a name without '/', '\\' or '..' (it names predictions/<task>_predict.json)"
+        str,
+        rule=_file_name_part,
+        says=f"a name without '/', '\\' or '..', of at most {MAX_TASK_BYTES} bytes in UTF-8 "
+        "(it names predictions/<task>_predict.json)",
     ),
     "root": Key(str),
     "format": Key(str, choices=tuple(FORMATS)),
+    "header": Key(bool),
+    "quoting": Key(str, null=True, choices=QUOTINGS),
     "splits": Key(dict, keys={"train": Key(str), "dev": Key(str), "test": Key(str, null=True)}),
-    "columns": Key(dict, keys={"text_a": Key(str), "text_b": Key(str), "label": Key(str), "id": Key(str, null=True)}),
+    "columns": Key(
+        dict,
+        keys={
+            "text_a": _column(),
+            "text_b": _column(null=True, what="null (one sentence per line) or "),
+            "label": _column(),
+            "id": _column(null=True, what="null (lines numbered from 0) or "),
+        },
+    ),
     "label_map": Key(
         dict,
         rule=_class_indices,
         says="a map from raw label to class index, with at least 2 labels and the indices 0..N-1 each once",
     ),
+    "no_gold_label": Key(list, rule=_raw_labels, says="a list of raw label values (e.g. ['-']), or []"),
     # [CLS] a [SEP] b [SEP] takes 3; below that the tokenizer silently stops truncating
     "max_length": Key(int, min=5),
     "streaming": Key(bool),
@@ -259,11 +438,40 @@ DATASET_KEYS = {  # conf/dataset/afqmc.yaml, checked before anything loads (afqm
 }
 
 
-@DATASETS.register("sentence_pairs", schema=DATASET_KEYS)
+def check_dataset(cfg) -> None:
+    """What the keys cannot say one by one: columns are names or positions as dataset.header says,
+    no two the same, and a label is either a class or no gold label, not both."""
+    d = cfg.dataset
+    columns = {k: v for k, v in OmegaConf.to_container(d.columns).items() if v is not None}
+    positions = d.format != "jsonl" and not d.header
+    for key, value in columns.items():
+        if positions and not isinstance(value, int):
+            raise ConfigError(
+                f"dataset.columns.{key}={value!r} is invalid; with dataset.header=false, columns are "
+                "0-based positions: expected an integer >= 0"
+            )
+        if not positions and not isinstance(value, str):
+            why = "JSON lines name their fields" if d.format == "jsonl" else "dataset.header=true names the columns"
+            hint = "" if d.format == "jsonl" else " (a position needs dataset.header=false)"
+            raise ConfigError(f"dataset.columns.{key}={value} is invalid; {why}: expected a name{hint}")
+    seen = {}
+    for key, value in columns.items():
+        if value in seen:
+            raise ConfigError(f"dataset.columns.{key}={value!r} is invalid; dataset.columns.{seen[value]} is it too")
+        seen[value] = key
+    both = {str(v) for v in d.no_gold_label} & {str(k) for k in d.label_map}
+    if both:
+        raise ConfigError(
+            f"dataset.no_gold_label={list(d.no_gold_label)} is invalid; {sorted(both)[0]!r} is in dataset.label_map too"
+        )
+
+
+@DATASETS.register("sentence_pairs", schema=DATASET_KEYS, check=check_dataset)
 def build_dataset(cfg, split: str):
     """cfg is the `dataset` group; split is train, dev or test (test needs no labels).
 
-    The dataset's `skipped_lines` counts the bad lines left out under dataset.on_bad_line=skip.
+    The dataset's `skipped_lines` counts the bad lines left out under dataset.on_bad_line=skip, its
+    `no_gold_label` the lines left out for a label in dataset.no_gold_label.
     """
     from .datasets import PairDataset, StreamingPairDataset
 
@@ -281,17 +489,29 @@ def build_dataset(cfg, split: str):
         examples = list(examples)
         found = bool(examples)
     if not found:
-        why = (
-            f"all {skipped.count} lines with data are bad, skipped by dataset.on_bad_line=skip"
-            if skipped.count
-            else "the file is empty"
-        )
-        raise DataError(f"{path}: no examples ({why})")
+        raise DataError(f"{path}: no examples ({_none_because(skipped)})")
     if skipped.count:
         log.warning("%s: skipped %d bad lines (dataset.on_bad_line=skip)", path, skipped.count)
+    if skipped.no_gold_label:
+        log.info("%s: left out %d lines without a gold label (dataset.no_gold_label)", path, skipped.no_gold_label)
+    counts = dict(skipped_lines=skipped.count, no_gold_label=skipped.no_gold_label)
     if streaming:
-        return StreamingPairDataset(path, cfg, labeled=True, limit=limit, skipped_lines=skipped.count)
-    return PairDataset(examples, path, skipped_lines=skipped.count)
+        return StreamingPairDataset(path, cfg, labeled=True, limit=limit, **counts)
+    return PairDataset(examples, path, **counts)
+
+
+def _none_because(skipped: SkippedLines) -> str:
+    bad, no_gold = skipped.count, skipped.no_gold_label
+    if bad and no_gold:
+        return (
+            f"of {bad + no_gold} lines with data, {bad} are bad, skipped by dataset.on_bad_line=skip, "
+            f"and {no_gold} have no gold label (dataset.no_gold_label)"
+        )
+    if bad:
+        return f"all {bad} lines with data are bad, skipped by dataset.on_bad_line=skip"
+    if no_gold:
+        return f"all {no_gold} lines with data have no gold label (dataset.no_gold_label)"
+    return "the file is empty"
 
 
 @COLLATORS.register("pair_tokenize")

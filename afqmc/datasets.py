@@ -1,7 +1,8 @@
 """The torch side of afqmc/data.py: datasets over the examples it reads, and the collate function.
 
 Each dataset offers what the trainer asks of one (afqmc/registry.py, SplitData): its size, its
-examples' lengths, encode(), whether it streams, an example's id, and its skipped lines.
+examples' lengths, encode(), whether it streams, an example's id, and the lines it left out.
+An example's text_b is None in a single-sentence task (dataset.columns.text_b=null): one text is tokenized.
 """
 
 from __future__ import annotations
@@ -14,11 +15,17 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from .checkpoint import sha256
-from .data import read_examples
+from .data import SkippedLines, read_examples
 
 # (file, its mtime, example count, tokenizer, max_length) -> token ids: a sweep's jobs, which Hydra
 # runs one after another in one process, tokenize each split once.
 _ENCODED: dict[tuple, list[dict]] = {}
+
+
+def texts(examples: list[dict]) -> tuple[list[str], list[str] | None]:
+    """The tokenizer's text and text_pair: no pair in a single-sentence task, whose text_b is None."""
+    first = [e["text_a"] for e in examples]
+    return first, None if examples[0]["text_b"] is None else [e["text_b"] for e in examples]
 
 
 class SplitFile:
@@ -38,8 +45,9 @@ class PairDataset(SplitFile, Dataset):
 
     streaming = False
 
-    def __init__(self, examples: list[dict], path: Path, skipped_lines: int = 0):
-        self.examples, self.path, self.features, self.skipped_lines = examples, path, None, skipped_lines
+    def __init__(self, examples: list[dict], path: Path, skipped_lines: int = 0, no_gold_label: int = 0):
+        self.examples, self.path, self.features = examples, path, None
+        self.skipped_lines, self.no_gold_label = skipped_lines, no_gold_label
 
     def count(self) -> int:
         return len(self.examples)
@@ -59,12 +67,7 @@ class PairDataset(SplitFile, Dataset):
             max_length,
         )
         if key not in _ENCODED:
-            enc = tokenizer(
-                [e["text_a"] for e in self.examples],
-                [e["text_b"] for e in self.examples],
-                truncation=True,
-                max_length=max_length,
-            )
+            enc = tokenizer(*texts(self.examples), truncation=True, max_length=max_length)
             names = [n for n in ("input_ids", "token_type_ids") if n in enc]
             if len(_ENCODED) >= 6:  # a long sweep over tokenizers or lengths must not grow memory without end
                 del _ENCODED[next(iter(_ENCODED))]
@@ -90,12 +93,19 @@ class StreamingPairDataset(SplitFile, IterableDataset):
 
     streaming = True
 
-    def __init__(self, path: Path, cfg, labeled: bool, limit: int | None, skipped_lines: int = 0):
-        self.path, self.cfg, self.labeled, self.limit, self.skipped_lines = path, cfg, labeled, limit, skipped_lines
+    def __init__(
+        self, path: Path, cfg, labeled: bool, limit: int | None, skipped_lines: int = 0, no_gold_label: int = 0
+    ):
+        self.path, self.cfg, self.labeled, self.limit = path, cfg, labeled, limit
+        self.skipped_lines, self.no_gold_label = skipped_lines, no_gold_label
 
     def count(self) -> int:
-        """One pass over the file (it has no len()): the LR schedule needs the number of steps."""
-        return sum(1 for _ in islice(read_examples(self.path, self.cfg, self.labeled), self.limit))
+        """One pass over the file (it has no len()): the LR schedule needs the number of steps. It counts
+        the lines left out too, which the first look at the file may have stopped short of."""
+        left_out = SkippedLines()
+        n = sum(1 for _ in islice(read_examples(self.path, self.cfg, self.labeled, left_out), self.limit))
+        self.skipped_lines, self.no_gold_label = left_out.count, left_out.no_gold_label
+        return n
 
     def encode(self, tokenizer, max_length: int) -> None:
         """Nothing to do: the collate function tokenizes each batch as it comes."""
@@ -123,8 +133,7 @@ class PairCollator:
         else:
             batch = dict(
                 self.tokenizer(  # input_ids, attention_mask and, if the tokenizer has them, token_type_ids
-                    [e["text_a"] for e in examples],
-                    [e["text_b"] for e in examples],
+                    *texts(examples),
                     padding=True,
                     truncation=True,
                     max_length=self.max_length,

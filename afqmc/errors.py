@@ -13,6 +13,10 @@ class DataError(AfqmcError):
     """A data file is missing or has a bad line."""
 
 
+class SubmissionError(AfqmcError):
+    """Runs that cannot make a CLUE submission (python -m afqmc.clue_submission)."""
+
+
 class ModelLoadError(AfqmcError):
     """model.checkpoint cannot be loaded."""
 

@@ -174,9 +174,22 @@ def build_pair_cls(cfg, label_names: list[str]):
 
     def make(config, where):
         config.pooling = cfg.pooling  # set after loading: from_pretrained drops keys BertConfig lacks
-        if cfg.pretrained:
-            return BertForPairwiseCLS.from_pretrained(cfg.checkpoint, config=config, **where)
-        return BertForPairwiseCLS(config)
+        if not cfg.pretrained:
+            return BertForPairwiseCLS(config)
+        # A checkpoint fine-tuned on another task has a head for its own labels (AFQMC's 2, not TNEWS' 15):
+        # that head starts afresh; any other weight of another shape is a broken checkpoint.
+        model, info = BertForPairwiseCLS.from_pretrained(
+            cfg.checkpoint, config=config, ignore_mismatched_sizes=True, output_loading_info=True, **where
+        )
+        mismatched = sorted(key for key, *_ in info["mismatched_keys"])
+        if any(not key.startswith("classifier.") for key in mismatched):
+            raise ModelLoadError(
+                f"model.checkpoint={cfg.checkpoint!r} could not be loaded: weights of another shape than its "
+                f"config.json says ({', '.join(mismatched)})"
+            )
+        if mismatched:
+            log.warning("model.checkpoint has a head for other labels: a new head for %d labels", len(label_names))
+        return model
 
     return _build(cfg, label_names, make)
 

@@ -38,6 +38,7 @@ class SplitData(Protocol):
 
     streaming: bool  # True: an IterableDataset read in file order, no len() or lengths()
     skipped_lines: int  # bad lines left out (dataset.on_bad_line=skip), for summary.json
+    no_gold_label: int  # lines left out for a label that says there is none (dataset.no_gold_label): not bad lines
 
     def count(self) -> int:
         """The number of examples (a streaming split reads its file once to count them)."""

@@ -467,7 +467,10 @@ class Trainer:
             "output_dir": str(self.out.resolve()),
             "checkpoint": str((self.out / BEST).resolve()),
             "predictions": str(predictions.resolve()) if predictions else None,
-            "data": {"skipped_lines": {split: ds.skipped_lines for split, ds in splits.items() if ds is not None}},
+            "data": {
+                counter: {split: getattr(ds, counter) for split, ds in splits.items() if ds is not None}
+                for counter in ("skipped_lines", "no_gold_label")
+            },
             "device": str(self.device),
             "precision": self.precision,
             "world_size": dist.world_size(),
