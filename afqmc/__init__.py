@@ -1,14 +1,16 @@
 """afqmc: config-driven fine-tuning of Chinese BERT models for sentence-pair classification."""
 
 import contextlib
+import logging
 import os
 import secrets
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from . import errors, runs
+from . import cli_help, errors, runs
 
+log = logging.getLogger(__name__)
 ASSETS = Path(__file__).parent / "assets"
 # Weight loading/saving progress bars would interleave with the training log; the run log says it all.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -23,6 +25,7 @@ OmegaConf.register_new_resolver("afqmc.asset", lambda name: str(ASSETS / name), 
 # hydra.sweep.subdir and hydra.output_subdir: a job's directory, and whether Hydra writes its record (runs.py)
 OmegaConf.register_new_resolver("afqmc.job_subdir", lambda *, _root_: runs.job_subdir(_root_), replace=True)
 OmegaConf.register_new_resolver("afqmc.record_subdir", lambda *, _root_: runs.record_subdir(_root_), replace=True)
+OmegaConf.register_new_resolver("afqmc.help_keys", lambda: cli_help.help_keys(), replace=True)  # run.py --help
 
 
 def train(cfg, output_dir) -> float:
@@ -36,9 +39,14 @@ def train(cfg, output_dir) -> float:
     output_dir = Path(output_dir)
     main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone writes the run directory
     with runs.claimed(output_dir, cfg) if main else contextlib.nullcontext():
+        if main:
+            log.info("run directory: %s", output_dir.resolve())
         trainer = TRAINERS.get(cfg.trainer.name)(cfg, output_dir)
         try:
-            return trainer.fit()
+            best = trainer.fit()
+            if main:  # the end of a long log says where the results are
+                log.info("run directory: %s; %s", output_dir.resolve(), runs.outcome(output_dir))
+            return best
         except Exception as e:
             # a resume that fails before it trains (a checkpoint that does not load) leaves the record as it was
             if main and not (cfg.trainer.resume and not getattr(trainer, "built", True)):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import pickle
 import random
 import shutil
@@ -159,6 +160,12 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -177,6 +184,10 @@ def save(path: Path, model_name: str, model, tokenizer, state: TrainState | None
         tokenizer.save_pretrained(tmp)
         if state is not None:
             state.save(tmp / STATE)
+        mode = 0o666 & ~_umask()  # as any file the run writes: safetensors writes its own 0600
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                f.chmod(mode)
         files = {f.relative_to(tmp).as_posix(): sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
         (tmp / MANIFEST).write_text(
             json.dumps({"model": model_name, "files": files}, indent=1) + "\n", encoding="utf-8"

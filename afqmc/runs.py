@@ -48,6 +48,17 @@ def write_failed_summary(run_dir, exc: BaseException, status: str = "failed") ->
     write_json(Path(run_dir) / SUMMARY, {"status": status, "error": error_line(exc)})
 
 
+def outcome(run_dir: Path) -> str:
+    """'best f1_macro 0.7312 (epoch 3), predictions: PATH' from a completed run's summary.json."""
+    summary, _ = read_summary(run_dir)
+    best = summary.get("best") or {}
+    where = f"epoch {best.get('epoch')}" + (f", step {best['step']}" if best.get("step") is not None else "")
+    return (
+        f"best {best.get('metric')} {best.get('value', float('nan')):.4f} ({where}), "
+        f"predictions: {summary.get('predictions') or 'none'}"
+    )
+
+
 def holds_run(run_dir: Path) -> bool:
     return any((run_dir / name).exists() for name in RUN_FILES)
 

@@ -1,8 +1,12 @@
-"""Every option of every config group composes, and its component name is registered."""
+"""Every option of every config group composes, and its component name is registered; --help lists them."""
+
+import subprocess
+import sys
 
 import pytest
 from omegaconf import OmegaConf
 
+from afqmc.cli_help import defaults
 from afqmc.errors import ConfigError
 from afqmc.registry import check_names
 
@@ -56,3 +60,21 @@ def test_unknown_name_lists_registered(key):
         check_names(cfg)
     if key == "optimizer.name":
         assert "adamw, sgd" in str(e.value)
+
+
+def test_help_lists_every_group_option_and_key_with_its_comment():
+    proc = subprocess.run([sys.executable, str(CONF.parent / "run.py"), "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    help_text = proc.stdout
+    assert "powered by Hydra" not in help_text and "== Config groups (group=option) ==" in help_text
+    for group in ("dataset", "model", "optimizer", "scheduler", "trainer", "experiment", "hparams_search"):
+        options = ", ".join(sorted(f.stem for f in (CONF / group).glob("*.yaml")))
+        assert f"{group}: {options}" in help_text, group
+    chosen = defaults()
+    for group, option in OPTIONS:  # every key of the default options; of the others, those the default lacks
+        if group == "experiment":
+            continue
+        listed = {line.split(":")[0] for line in (CONF / group / f"{chosen[group]}.yaml").read_text().splitlines()}
+        for line in (CONF / group / f"{option}.yaml").read_text().splitlines():
+            if line[:1].isalpha() and (option == chosen[group] or line.split(":")[0] not in listed):
+                assert f"  {line}" in help_text.splitlines(), line

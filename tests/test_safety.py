@@ -20,6 +20,10 @@ def test_checkpoints_are_safetensors_only(tiny_bert_dir, tmp_path):
     model, tokenizer = build_model(model_cfg(tiny_bert_dir), ["0", "1"])
     checkpoint.save(tmp_path / "best", "bert_pair_cls", model, tokenizer)  # the trainer's own save
     files = {p.name for p in (tmp_path / "best").iterdir()}
+    (tmp_path / "plain").write_text("")  # every file as readable as any other the run writes (umask's)
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "best").iterdir()} == {
+        (tmp_path / "plain").stat().st_mode & 0o777
+    }
     assert "model.safetensors" in files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))], files
 

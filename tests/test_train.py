@@ -94,6 +94,13 @@ def test_smoke_run_writes_every_output(tmp_path, model):
     preds = [json.loads(line) for line in (out / "predictions" / "afqmc_predict.json").read_text().splitlines()]
     assert [p["id"] for p in preds] == list(range(SMOKE_PAIRS["test"])) and {p["label"] for p in preds} <= {"0", "1"}
     assert "epoch 2 dev: accuracy" in (out / "run.log").read_text()
+    # the run directory named at the start and at the end, with the best metric and the predictions
+    for lines in (proc.stdout.splitlines(), (out / "run.log").read_text().splitlines()):
+        assert lines[0].endswith(f"run directory: {out}"), lines[0]
+        assert lines[-1].endswith(
+            f"run directory: {out}; best f1_macro {summary['best']['value']:.4f} (epoch {summary['best']['epoch']}), "
+            f"predictions: {out / 'predictions' / 'afqmc_predict.json'}"
+        ), lines[-1]
     assert {json.loads(line)["type"] for line in (out / "metrics.jsonl").read_text().splitlines()} == {"train", "eval"}
 
     # the best checkpoint reloads as the model it was, and scores what summary.json says

@@ -1,0 +1,47 @@
+"""`python run.py --help`: the config groups, their options, and every key with its YAML comment.
+
+Hydra's help template (conf/hydra/help/afqmc.yaml) takes the key listing from the resolver
+${afqmc.help_keys:}, which reads the YAML files themselves, so the help says what they say.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ("dataset", "model", "optimizer", "scheduler", "trainer")  # the groups with keys of their own
+
+
+def defaults() -> dict[str, str]:
+    """{group: its default option}, from conf/config.yaml's defaults list."""
+    chosen = {}
+    for entry in yaml.safe_load((CONF / "config.yaml").read_text(encoding="utf-8"))["defaults"]:
+        if isinstance(entry, dict):
+            chosen.update({k: v for k, v in entry.items() if not k.startswith("override ")})
+    return chosen
+
+
+def _keys(text: str) -> set[str]:
+    return {line.split(":")[0] for line in text.splitlines() if line[:1].isalpha()}
+
+
+def help_keys() -> str:
+    """Each group's default option in full (its keys, their values and comments), then each other option
+    with its first comment line and the keys the default lacks."""
+    out, chosen = [], defaults()
+    for group in GROUPS:
+        default = (CONF / group / f"{chosen[group]}.yaml").read_text(encoding="utf-8")
+        out.append(f"{group}={chosen[group]} (the default; conf/{group}/{chosen[group]}.yaml):")
+        out += [f"  {line}" for line in default.splitlines() if line.strip()]
+        for path in sorted((CONF / group).glob("*.yaml")):
+            if path.stem == chosen[group]:
+                continue
+            text = path.read_text(encoding="utf-8")
+            title = next((line.lstrip("# ") for line in text.splitlines() if line.startswith("#")), "")
+            out.append(f"{group}={path.stem}: {title}")
+            new = _keys(text) - _keys(default)
+            out += [f"  {line}" for line in text.splitlines() if line[:1].isalpha() and line.split(":")[0] in new]
+        out.append("")
+    return "\n".join(out)
