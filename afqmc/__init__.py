@@ -49,7 +49,7 @@ def train(cfg, output_dir) -> float:
             return best
         except Exception as e:
             # a resume that fails before it trains (a checkpoint that does not load) leaves the record as it was
-            if main and not (cfg.trainer.resume and not getattr(trainer, "built", True)):
+            if main and not (OmegaConf.select(cfg, "trainer.resume") and not getattr(trainer, "built", True)):
                 status = "interrupted" if isinstance(e, errors.Interrupted) else "failed"
                 runs.write_failed_summary(output_dir, e, status)
             raise

@@ -232,10 +232,10 @@ def claimed(run_dir: Path, cfg):
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        if cfg.trainer.resume:
+        if OmegaConf.select(cfg, "trainer.resume", default=False):
             check_record(run_dir, cfg)
         elif holds_run(run_dir):
-            if not cfg.trainer.overwrite:
+            if not OmegaConf.select(cfg, "trainer.overwrite", default=False):
                 raise RunDirError(
                     f"{run_dir} holds a run already ({_status(run_dir)}): trainer.resume=true goes on "
                     "with it, trainer.overwrite=true replaces it, or give another hydra.run.dir"
