@@ -33,7 +33,8 @@ def main(cfg: DictConfig) -> float:
                 write_failed_summary(output_dir, e)  # the sweep's report shows which job, and why
             else:
                 discard(output_dir)  # a bad config leaves no run directory behind
-        sys.exit(130 if isinstance(e, Interrupted) else 1)  # 130: the shell's code for a Ctrl-C
+        # as a shell reports a process that a signal ended (130: Ctrl-C, 143: SIGTERM, 140: SIGUSR2)
+        sys.exit(128 + e.signum if isinstance(e, Interrupted) else 1)
 
 
 RANK = os.environ.get("RANK", "0")  # set by torchrun

@@ -47,11 +47,16 @@ def train(cfg, output_dir) -> float:
             if main:  # the end of a long log says where the results are
                 log.info("run directory: %s; %s", output_dir.resolve(), runs.outcome(output_dir))
             return best
-        except Exception as e:
+        except (Exception, KeyboardInterrupt) as e:
+            error = e
+            if isinstance(e, KeyboardInterrupt):  # a second Ctrl-C, or one outside the training loop
+                error = errors.Interrupted(str(e) or "Ctrl-C (SIGINT) outside the training loop: stopped at once")
             # a resume that fails before it trains (a checkpoint that does not load) leaves the record as it was
             if main and not (OmegaConf.select(cfg, "trainer.resume") and not getattr(trainer, "built", True)):
-                status = "interrupted" if isinstance(e, errors.Interrupted) else "failed"
-                runs.write_failed_summary(output_dir, e, status)
+                status = "interrupted" if isinstance(error, errors.Interrupted) else "failed"
+                runs.write_failed_summary(output_dir, error, status)
+            if error is not e:
+                raise error from None  # run.py says it in one line, as for a first Ctrl-C
             raise
         finally:
             from .distributed import shutdown

@@ -1,5 +1,7 @@
 """The framework's own errors: each message says what was wrong, where, and what is expected."""
 
+import signal
+
 
 class AfqmcError(Exception):
     """Base class: run.py prints these without a traceback."""
@@ -26,7 +28,12 @@ class TrainingError(AfqmcError):
 
 
 class Interrupted(AfqmcError):
-    """Ctrl-C: checkpoints/last is saved; run.py marks the summary interrupted and exits with 130."""
+    """A stop signal (afqmc/trainer.py STOP_SIGNALS): checkpoints/last is saved; run.py marks the summary interrupted
+    and exits with 128 + the signal's number, as a shell reports a process that a signal ended (130: Ctrl-C)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 class CheckpointError(AfqmcError):

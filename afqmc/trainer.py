@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 
@@ -39,26 +39,52 @@ from .sampling import TrainBatchSampler, sorted_batches, split_by_length
 log = logging.getLogger(__name__)
 
 
+# Signals that stop a run with checkpoints/last saved: Ctrl-C; SIGTERM, how Slurm (and most process managers)
+# end a job: preemption, scancel, scontrol requeue, the time limit; SIGUSR2, the warning that the Slurm launcher
+# has sbatch send before the time limit (conf/hydra/launcher/slurm.yaml, afqmc/launcher.py).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+
+
+def signal_name(signum: int) -> str:
+    return "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+@dataclass
+class StopFlag:
+    signum: int | None = None  # the first stop signal received
+
+
 @contextlib.contextmanager
-def ctrl_c_flag():
-    """Ctrl-C (SIGINT) sets an Event instead of raising KeyboardInterrupt wherever Python happens to be,
-    perhaps halfway through an optimizer step: the loop stops at the next step boundary, with a state
-    worth saving. A second Ctrl-C raises at once."""
-    flag = threading.Event()
+def stop_signals():
+    """A stop signal sets a flag instead of ending the process wherever Python happens to be, perhaps halfway
+    through an optimizer step: the loop stops at the next step boundary, with a state worth saving.
+
+    A second Ctrl-C stops at once, with a KeyboardInterrupt that run.py records as interrupted. A repeated SIGTERM or
+    SIGUSR2 changes nothing: Slurm sends SIGTERM twice (srun forwards its own), and its grace period ends in
+    a SIGKILL anyway."""
+    flag = StopFlag()
     if threading.current_thread() is not threading.main_thread():  # e.g. a joblib worker: no signals there
         yield flag
         return
 
     def handler(signum, frame):
-        flag.set()
-        signal.signal(signal.SIGINT, previous)
-        log.warning("Ctrl-C: saving checkpoints/last after this step, then stopping (Ctrl-C again: stop now)")
+        if flag.signum is None:
+            flag.signum = signum
+            log.warning(
+                "%s: saving checkpoints/last after this step, then stopping (Ctrl-C again: stop now)",
+                signal_name(signum),
+            )
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt(f"{signal_name(signum)} again: stopped at once, checkpoints/last not saved")
+        else:
+            log.warning("%s again: already stopping after this step", signal_name(signum))
 
-    previous = signal.signal(signal.SIGINT, handler) or signal.default_int_handler
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():  # None: set outside Python, which Python cannot put back
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 class Trainer:
@@ -209,7 +235,7 @@ class Trainer:
                 )
                 return best["value"]
             self._setup_training()
-        with ctrl_c_flag() as self.ctrl_c:
+        with stop_signals() as self.stop:
             self.train()
         return self.finish()
 
@@ -272,8 +298,9 @@ class Trainer:
                 if self._stop_requested(logged=s.step % t.log_every == 0):
                     self._save_last(epoch, i + 1, running)
                     raise Interrupted(
-                        f"Ctrl-C at epoch {epoch}, step {s.step}: saved {self.out / LAST}; "
-                        f"go on with: {resume_command(self.out)}"
+                        f"{self._stop_name()} at epoch {epoch}, step {s.step}: saved {self.out / LAST}; "
+                        f"go on with: {resume_command(self.out)}",
+                        self.stop.signum or signal.SIGTERM,
                     )
                 if s.step >= self.total_steps:
                     break
@@ -323,10 +350,14 @@ class Trainer:
             )
 
     def _stop_requested(self, logged: bool) -> bool:
-        """Ctrl-C was pressed. torchrun's ranks may see it a step apart: they agree at log steps."""
+        """A stop signal came. torchrun's ranks may see it a step apart: they agree at log steps."""
+        stop = self.stop.signum is not None
         if dist.world_size() == 1:
-            return self.ctrl_c.is_set()
-        return logged and dist.mean(torch.tensor(float(self.ctrl_c.is_set()), device=self.device)).item() > 0
+            return stop
+        return logged and dist.mean(torch.tensor(float(stop), device=self.device)).item() > 0
+
+    def _stop_name(self) -> str:
+        return signal_name(self.stop.signum) if self.stop.signum is not None else "a stop signal to another rank"
 
     def _end_epoch(self, epoch: int) -> None:
         s = self.state
