@@ -42,3 +42,7 @@ class CheckpointError(AfqmcError):
 
 class RunDirError(AfqmcError):
     """The run directory cannot be used: another process holds it, or it holds another run."""
+
+
+class SweepError(AfqmcError):
+    """Jobs of a sweep failed, or were stopped and not run again: each is named with its directory and error."""

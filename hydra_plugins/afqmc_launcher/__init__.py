@@ -1,0 +1,8 @@
+"""Hydra takes launchers only from the hydra_plugins namespace package: this one is afqmc/launcher.py's Slurm launcher,
+which conf/hydra/launcher/slurm.yaml names."""
+
+from afqmc import launcher
+
+
+class SlurmLauncher(launcher.SlurmLauncher):
+    pass
