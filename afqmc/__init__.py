@@ -28,6 +28,20 @@ OmegaConf.register_new_resolver("afqmc.record_subdir", lambda *, _root_: runs.re
 OmegaConf.register_new_resolver("afqmc.help_keys", lambda: cli_help.help_keys(), replace=True)  # run.py --help
 
 
+def _sweep_name(default=None):
+    """The sweep directory's name in the jobs of a multirun, `default` elsewhere: what groups a sweep's
+    runs in a tracker (conf/logger/)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir).name
+    return default
+
+
+OmegaConf.register_new_resolver("afqmc.sweep_name", _sweep_name, replace=True)
+
+
 def train(cfg, output_dir) -> float:
     """The one way a run starts (run.py, the tests, the benchmarks): check the config, claim the run
     directory, build the trainer the config names, fit. Returns the best dev value of trainer.metric.

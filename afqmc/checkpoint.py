@@ -44,7 +44,9 @@ FREE_KEYS = {
     "trainer.predict",
     "trainer.cpu_threads",
     "trainer.overwrite",
+    "trainer.keep_last",
 }
+FREE_GROUPS = ("logger.",)  # trackers watch a run and change nothing of it: one may be added on resume
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -110,13 +112,16 @@ class TrainState:
     step: int = 0  # optimizer steps done
     samples: int = 0  # training pairs seen, on all ranks
     train_seconds: float = 0.0  # training time only: no loading, evaluation or saving
-    best: dict | None = None  # {"epoch", "metric", "value"} of the best evaluation so far
+    best: dict | None = None  # {"epoch", "step", "metric", "value"} of the best evaluation so far
     best_dev: dict | None = None  # its dev metrics
     best_step: int | None = None  # the optimizer step it was made at
     running_loss: Any = None  # each rank's moving average of its train loss (tensors); None at an epoch's start
     metrics_offset: int = 0  # metrics.jsonl's size at the save: a resumed run writes what follows again ...
     metrics_sha256: str = ""  # ... after checking that what precedes is what was there
     data: dict = field(default_factory=dict)  # each split's fingerprint: a resume on other data is refused
+    evals_without_gain: int = 0  # early stopping's count: evaluations in a row that did not beat the best by min_delta
+    stopped_early: dict | None = None  # {"epoch", "step"} where early stopping ended the run
+    trackers: dict = field(default_factory=dict)  # each tracker's run id (afqmc/loggers.py): resumed, it goes on
     optimizer: dict = field(default_factory=dict)
     scheduler: dict = field(default_factory=dict)
     scaler: dict = field(default_factory=dict)
@@ -238,6 +243,14 @@ def load_model(path: Path):
         ) from None
 
 
+def delete(path: Path) -> None:
+    """A checkpoint directory, with any copy a killed swap left beside it."""
+    for p in (path, _aside(path, "tmp"), _aside(path, "old")):
+        _remove(p)
+    if path.parent.is_dir() and not any(path.parent.iterdir()):
+        path.parent.rmdir()  # checkpoints/ itself, once nothing is left in it
+
+
 def find_last(run_dir: Path) -> Path | None:
     """checkpoints/last, if a run wrote one (checkpoints/best is put back too, if a kill left it aside).
     Whether it is whole is for verify() to say: what is there is never taken for nothing."""
@@ -291,8 +304,8 @@ def config_snapshot(cfg) -> dict:
 
 
 def config_changes(saved: dict, now: dict) -> list[str]:
-    """'key: saved -> now' for each key (but FREE_KEYS) whose value differs."""
-    keys = sorted((saved.keys() | now.keys()) - FREE_KEYS)
+    """'key: saved -> now' for each key (but FREE_KEYS and FREE_GROUPS) whose value differs."""
+    keys = sorted(k for k in (saved.keys() | now.keys()) - FREE_KEYS if not k.startswith(FREE_GROUPS))
     return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("dataset", "model", "optimizer", "scheduler", "trainer")  # the groups with keys of their own
+GROUPS = ("dataset", "model", "optimizer", "scheduler", "trainer", "logger")  # the groups with keys of their own
 
 
 def defaults() -> dict[str, str]:
@@ -27,11 +27,24 @@ def _keys(text: str) -> set[str]:
     return {line.split(":")[0] for line in text.splitlines() if line[:1].isalpha()}
 
 
+def _title(text: str) -> str:
+    return next((line.lstrip("# ") for line in text.splitlines() if line.startswith("#")), "")
+
+
 def help_keys() -> str:
     """Each group's default option in full (its keys, their values and comments), then each other option
-    with its first comment line and the keys the default lacks."""
+    with its first comment line and the keys the default lacks. A group with no default (logger, of
+    which any number may be chosen) has each option in full."""
     out, chosen = [], defaults()
     for group in GROUPS:
+        if chosen.get(group) is None:
+            out.append(f"{group}: none by default; one or several, {group}=OPTION or {group}=[OPTION,OPTION]")
+            for path in sorted((CONF / group).glob("*.yaml")):
+                text = path.read_text(encoding="utf-8")
+                out.append(f"{group}={path.stem}: {_title(text)}")
+                out += [f"  {line}" for line in text.splitlines() if line.strip() and not line.startswith("#")]
+            out.append("")
+            continue
         default = (CONF / group / f"{chosen[group]}.yaml").read_text(encoding="utf-8")
         out.append(f"{group}={chosen[group]} (the default; conf/{group}/{chosen[group]}.yaml):")
         out += [f"  {line}" for line in default.splitlines() if line.strip()]
@@ -39,9 +52,8 @@ def help_keys() -> str:
             if path.stem == chosen[group]:
                 continue
             text = path.read_text(encoding="utf-8")
-            title = next((line.lstrip("# ") for line in text.splitlines() if line.startswith("#")), "")
-            out.append(f"{group}={path.stem}: {title}")
+            out.append(f"{group}={path.stem}: {_title(text)}")
             new = _keys(text) - _keys(default)
             out += [f"  {line}" for line in text.splitlines() if line[:1].isalpha() and line.split(":")[0] in new]
         out.append("")
-    return "\n".join(out)
+    return "\n".join(out).replace("$", "$$")  # Hydra fills the template with string.Template: $ is its sign

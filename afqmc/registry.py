@@ -17,7 +17,9 @@ What the trainer asks of each kind of component, so that any registered one work
 - a dataset (DATASETS) registers `build(cfg, split) -> dataset`, an object with the attributes of SplitData;
 - a collate function (COLLATORS) `build(cfg, tokenizer, pad_to_multiple_of) -> collate_fn`;
 - an optimizer `build(cfg, model)`, a scheduler `build(cfg, optimizer, total_steps)`, a trainer
-  `build(cfg, output_dir)` with `fit() -> best dev value`.
+  `build(cfg, output_dir)` with `fit() -> best dev value`;
+- an experiment tracker (LOGGERS) `build(cfg, run, run_id) -> tracker` (afqmc/loggers.py). Several may be
+  chosen at once, so a tracker is named by its key under `logger`, not by a `name:` key.
 
 The built-in components' modules import torch and transformers only when a component is built, so
 that the config is checked within a second of `python run.py` (afqmc/schema.py).
@@ -102,7 +104,8 @@ MODELS = Registry("model.name", hooks=("save", "load"))
 OPTIMIZERS = Registry("optimizer.name")
 SCHEDULERS = Registry("scheduler.name")
 TRAINERS = Registry("trainer.name")
-_COMPONENT_MODULES = ["afqmc.data", "afqmc.model", "afqmc.optim", "afqmc.trainer_config"]
+LOGGERS = Registry("logger")
+_COMPONENT_MODULES = ["afqmc.data", "afqmc.model", "afqmc.optim", "afqmc.trainer_config", "afqmc.loggers"]
 
 
 def _import_components() -> None:

@@ -1,10 +1,12 @@
 """python -m afqmc.report DIR: compare every run below DIR (a sweep directory, or outputs/runs).
 
 Writes into DIR:
-  report.csv  one row per run: overrides, status, best epoch, dev metrics, training speed, error
+  report.csv  one row per run: overrides, status, best epoch and step, dev metrics, training speed,
+              the step early stopping ended it at, error
   report.md   the same table, mean ± std over seeds for runs that differ only by trainer.seed,
               and, after an Optuna search, its best parameters and value at the top
-  curves.png  the dev metric per epoch of every run (from metrics.jsonl)
+  curves.png  the dev metric per epoch of every run (from metrics.jsonl); per optimizer step when a run
+              was evaluated several times an epoch (trainer.eval_every_steps)
 The Hydra callback in afqmc/callbacks.py calls write_report() on the sweep directory when a multirun ends.
 """
 
@@ -28,9 +30,11 @@ COLUMNS = [
     "status",
     "overrides",
     "best_epoch",
+    "best_step",
     *(f"dev_{m}" for m in METRICS),
     "train_seconds",
     "samples_per_second",
+    "stopped_early_step",
     "error",
 ]
 
@@ -60,9 +64,11 @@ def csv_row(run: Run, root: Path) -> dict:
         "status": run.status,
         "overrides": " ".join(run.overrides),
         "best_epoch": run.get("best", "epoch"),
+        "best_step": run.get("best", "step"),
         **{f"dev_{m}": run.get("dev", m) for m in METRICS},
         "train_seconds": run.get("train", "seconds"),
         "samples_per_second": run.get("train", "samples_per_second"),
+        "stopped_early_step": run.get("stopped_early", "step"),
         "error": run.error,
     }
 
@@ -110,14 +116,21 @@ def curve_metric(runs: list[Run]) -> str:
     return picked.most_common(1)[0][0] if picked else "f1_macro"
 
 
+def by_step(runs: list[Run]) -> bool:
+    """Whether some run was evaluated several times an epoch (trainer.eval_every_steps): then its curve and
+    best evaluation are told by the optimizer step, the epoch alone would not place them."""
+    return any(len({r.get("step") for r in run.curve}) > len({r["epoch"] for r in run.curve}) for run in runs)
+
+
 def plot_curves(runs: list[Run], names: list[str], metric: str, path: Path) -> bool:
     """curves.png: one line per run with dev records; False (and no file) when no run has any."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg: no display needed, and no pyplot state
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    # {epoch: value}: where an epoch was evaluated twice (a resumed run), its later record wins
-    curves = [(name, {r["epoch"]: r[metric] for r in run.curve if metric in r}) for run, name in zip(runs, names)]
+    x = "step" if by_step(runs) else "epoch"
+    # {x: value}: where an x was evaluated twice (a resumed run), its later record wins
+    curves = [(name, {r[x]: r[metric] for r in run.curve if metric in r}) for run, name in zip(runs, names)]
     curves = [(name, points) for name, points in curves if points]
     if not curves:
         return False
@@ -126,9 +139,10 @@ def plot_curves(runs: list[Run], names: list[str], metric: str, path: Path) -> b
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for name, points in curves:
-        epochs = sorted(points)
-        ax.plot(epochs, [points[e] for e in epochs], marker="o", label=name)
-    ax.set(xlabel="epoch", ylabel=f"dev {metric}", title=f"dev {metric} per epoch")
+        xs = sorted(points)
+        ax.plot(xs, [points[e] for e in xs], marker="o", label=name)
+    xlabel = "optimizer step" if x == "step" else "epoch"
+    ax.set(xlabel=xlabel, ylabel=f"dev {metric}", title=f"dev {metric} per {'evaluation' if x == 'step' else 'epoch'}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", fontsize="small")
@@ -180,19 +194,27 @@ def runs_section(
     if done:
         best = (min if metric == "loss" else max)(done, key=lambda r: r.get("dev", metric))
         out.append(f"Best dev {metric}: **{best.get('dev', metric):.4f}**, run `{run_name(best, root)}`.")
+    stopped = sum(r["stopped_early_step"] is not None for r in rows)
+    if stopped:
+        out.append(f"{stopped} of {len(runs)} runs stopped early (trainer.early_stopping).")
     if common:
         out.append(f"Every run: `{' '.join(common)}`.")
-    header = ["run", "status", "overrides", "best epoch", *METRICS, "train s", "samples/s", "error"]
+    steps = by_step(runs)
+    header = ["run", "status", "overrides", "best epoch", *(["best step"] if steps else []), *METRICS]
+    header += ["train s", "samples/s", *(["stopped early"] if stopped else []), "error"]
     out += ["", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row, diff in zip(rows, diffs):
+        stop = "" if row["stopped_early_step"] is None else f"step {row['stopped_early_step']}"
         cells = [
             row["run"],
             row["status"],
             " ".join(short(o) for o in diff),
             row["best_epoch"],
+            *([row["best_step"]] if steps else []),
             *(num(row[f"dev_{m}"]) for m in METRICS),
             num(row["train_seconds"], 1),
             num(row["samples_per_second"], 1),
+            *([stop] if stopped else []),
             row["error"],
         ]
         out.append("| " + " | ".join(cell(c) for c in cells) + " |")

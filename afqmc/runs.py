@@ -296,7 +296,7 @@ class Run:
     status: str  # completed | failed | interrupted | unreadable
     error: str = ""  # first line of what went wrong (failed runs)
     summary: dict = field(default_factory=dict)
-    curve: list[dict] = field(default_factory=list)  # metrics.jsonl's dev records, one per epoch
+    curve: list[dict] = field(default_factory=list)  # metrics.jsonl's dev records: one per epoch, or per N steps
 
     def get(self, *keys):
         """A nested summary value (e.g. get("dev", "f1_macro")), None when absent."""

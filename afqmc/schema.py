@@ -23,9 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
-from .registry import COLLATORS, DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS, check_names
+from .registry import COLLATORS, DATASETS, LOGGERS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS, check_names
 
+# one option chosen from each: cfg.<group>.name names its component
 GROUPS = {registry.key.split(".")[0]: registry for registry in (DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS)}
+# any number chosen (logger=[tensorboard,mlflow]): each option's keys under cfg.<group>.<option>
+MULTI_GROUPS = {"logger": LOGGERS}
 TYPE_NAMES = {
     bool: "true or false",
     int: "an integer",
@@ -132,7 +135,8 @@ def check_config(cfg: DictConfig) -> None:
     """The composed config against the schemas of the components it names, then each component's own
     whole-config check (e.g. dataset.max_length against the checkpoint's positions). Every problem
     found goes into one ConfigError: a config is fixed in one go, not one key per attempt."""
-    problems = [unknown_key(group, group, GROUPS) for group in cfg if group not in GROUPS]
+    known = [*GROUPS, *MULTI_GROUPS]
+    problems = [unknown_key(group, group, known) for group in cfg if group not in known]
     components = {}
     for registry in (*GROUPS.values(), COLLATORS):
         try:
@@ -149,6 +153,8 @@ def check_config(cfg: DictConfig) -> None:
             except ConfigError as e:
                 found = [str(e)]
             problems += [p for p in found if not p.startswith(named)]  # (a bad name is said once)
+    for group, registry in MULTI_GROUPS.items():
+        problems += _options_problems(cfg, group, registry, components)
     for component in components.values():
         try:
             if component.check is not None:
@@ -161,6 +167,28 @@ def check_config(cfg: DictConfig) -> None:
     if problems:
         many = f"{len(problems)} problems: " + " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
         raise ConfigError(problems[0] if len(problems) == 1 else many)
+
+
+def _options_problems(cfg: DictConfig, group: str, registry, components: dict) -> list[str]:
+    """A group of which any number of options are chosen: each one's keys under cfg.<group>.<option>, checked
+    against its registration's schema; the components found go into `components` for their own checks."""
+    try:
+        chosen = (_plain(cfg, group) if group in cfg else None) or {}
+    except ConfigError as e:
+        return [str(e)]
+    problems = []
+    for option, node in chosen.items():
+        path = f"{group}.{option}"
+        try:
+            component = components[path] = registry.component(option)
+        except ConfigError as e:
+            problems.append(str(e))
+            continue
+        if not isinstance(node, dict):
+            problems.append(f"{path}={_show(node)} is invalid; expected a map")
+        elif component.schema is not None:
+            problems += map_problems(node, component.schema, path)
+    return problems
 
 
 def _plain(cfg: DictConfig, group: str) -> dict:

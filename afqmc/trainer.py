@@ -31,6 +31,7 @@ from . import checkpoint
 from . import distributed as dist
 from .checkpoint import BEST, LAST, STATE, MetricsLog, TrainState
 from .errors import ConfigError, DataError, Interrupted, TrainingError
+from .loggers import Trackers, start_trackers
 from .metrics import classification_metrics
 from .registry import COLLATORS, DATASETS, MODELS, OPTIMIZERS, SCHEDULERS
 from .runs import completed_summary, resume_command
@@ -110,11 +111,12 @@ class Trainer:
         self._setup_data()
         self._setup_optimizer()
         self.state = self._load_last() if self.tcfg.resume else TrainState()
-        self.metrics = None
+        self.metrics, self.trackers = None, Trackers({})
         if dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
             # Resuming replays the steps past the checkpoint: their records go, or they would be there twice.
             self.metrics = MetricsLog(self.out / "metrics.jsonl", self.state.metrics_offset, self.state.metrics_sha256)
+            self.trackers = start_trackers(self.cfg, self.out, self.state)  # only rank 0 logs
         self.built = True
 
     def _setup_device(self) -> torch.device:
@@ -235,9 +237,10 @@ class Trainer:
                 )
                 return best["value"]
             self._setup_training()
-        with stop_signals() as self.stop:
-            self.train()
-        return self.finish()
+        with self.trackers:  # a run that raises ends its trackers' runs as failed (or interrupted)
+            with stop_signals() as self.stop:
+                self.train()
+            return self.finish()
 
     def train(self) -> None:
         t, model, s = self.tcfg, self.model, self.state
@@ -245,7 +248,7 @@ class Trainer:
         running = None if s.running_loss is None else s.running_loss[dist.rank()].to(self.device)  # this rank's
         show_bar = sys.stderr.isatty()
         for epoch in range(first_epoch, t.epochs + 1):
-            if s.step >= self.total_steps:
+            if s.step >= self.total_steps or s.stopped_early:
                 break
             model.train()
             batches = self.train_loader
@@ -253,7 +256,7 @@ class Trainer:
                 self.train_sampler.set_epoch(epoch, start=done)
             elif done:  # streaming, in file order: the loader reads the batches done again, and they are dropped
                 batches = islice(batches, done, None)
-            start = time.perf_counter()
+            self._since = time.perf_counter()  # train_seconds counts from here (_not_training)
             bar = tqdm(
                 batches,
                 desc=f"epoch {epoch}/{t.epochs}",
@@ -295,28 +298,41 @@ class Trainer:
                             "epoch %d step %d/%d loss %.4f lr %.2e", epoch, s.step, self.total_steps, record["loss"], lr
                         )
                     self._check_finite(record["loss"], epoch, weights=False)
+                # before the Ctrl-C check and the save: checkpoints/last then holds this evaluation, so a resumed
+                # run neither repeats nor loses it
+                if t.eval_every_steps and (s.step % t.eval_every_steps == 0 or s.step >= self.total_steps):
+                    with self._not_training():
+                        self._check_finite(running, epoch)  # before a best checkpoint is written
+                        self._evaluate_dev(epoch)
+                    model.train()
                 if self._stop_requested(logged=s.step % t.log_every == 0):
                     self._save_last(epoch, i + 1, running)
                     raise Interrupted(
-                        f"{self._stop_name()} at epoch {epoch}, step {s.step}: saved {self.out / LAST}; "
-                        f"go on with: {resume_command(self.out)}",
+                        f"{self._stop_name()} at epoch {epoch}, step {s.step}: {self._how_to_resume()}",
                         self.stop.signum or signal.SIGTERM,
                     )
-                if s.step >= self.total_steps:
+                if s.step >= self.total_steps or s.stopped_early:
                     break
                 if t.save_every_steps and s.step % t.save_every_steps == 0 and i + 1 < self.batches_per_epoch:
-                    s.train_seconds += time.perf_counter() - start
-                    self._save_last(epoch, i + 1, running)
-                    start = time.perf_counter()  # writing a checkpoint is no training time
+                    with self._not_training():
+                        self._save_last(epoch, i + 1, running)
             bar.close()
-            if running is not None:  # (None: resumed at the epoch's end, from checked weights)
-                self._check_finite(running, epoch)  # before _end_epoch writes checkpoints
+            with self._not_training():
+                if running is not None:  # (None: resumed at the epoch's end, from checked weights)
+                    self._check_finite(running, epoch)  # before the evaluation writes checkpoints
+                if t.eval_every_steps is None:
+                    self._evaluate_dev(epoch)
+                self._save_last(epoch + 1, 0, None)
             done, running = 0, None
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()  # queued kernels belong to this epoch's time
-            s.train_seconds += time.perf_counter() - start
-            self._end_epoch(epoch)
-            self._save_last(epoch + 1, 0, None)
+
+    @contextlib.contextmanager
+    def _not_training(self):
+        """Evaluating and saving are no training time: train_seconds leaves out what runs inside."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()  # queued kernels belong to the training time
+        self.state.train_seconds += time.perf_counter() - self._since
+        yield
+        self._since = time.perf_counter()
 
     def _forward_backward(self, batch: dict, stepping: bool) -> torch.Tensor:
         """The batch's mean loss, its gradient accumulated. On the CPU, a batch whose padding is mostly
@@ -359,19 +375,38 @@ class Trainer:
     def _stop_name(self) -> str:
         return signal_name(self.stop.signum) if self.stop.signum is not None else "a stop signal to another rank"
 
-    def _end_epoch(self, epoch: int) -> None:
-        s = self.state
+    def _evaluate_dev(self, epoch: int) -> None:
+        """Scores dev: a new best goes to checkpoints/best, and early stopping counts the evaluations that
+        did not beat the best by more than min_delta. Every rank scores the same gathered logits, so all
+        of them decide alike."""
+        s, t = self.state, self.tcfg
         metrics = self.evaluate("dev")
         self._log({"type": "eval", "split": "dev", "epoch": epoch, "step": s.step, **metrics})
-        log.info("epoch %d dev: %s", epoch, " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        metric, value = self.tcfg.metric, metrics[self.tcfg.metric]
-        better = s.best is None or (value < s.best["value"] if metric == "loss" else value > s.best["value"])
-        if better:
-            s.best = {"epoch": epoch, "metric": metric, "value": value}
+        at = f"epoch {epoch}" if t.eval_every_steps is None else f"epoch {epoch} step {s.step}"
+        log.info("%s dev: %s", at, " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        metric, value = t.metric, metrics[t.metric]
+        # how much better than the best so far (the loss is better lower)
+        gain = math.inf if s.best is None else (value - s.best["value"]) * (-1 if metric == "loss" else 1)
+        if gain > 0:
+            s.best = {"epoch": epoch, "step": s.step, "metric": metric, "value": value}
             s.best_dev, s.best_step = metrics, s.step
-            if dist.is_main():
+            if dist.is_main() and t.save_best:
                 checkpoint.save(self.out / BEST, self.cfg.model.name, self.model, self.tokenizer)
-            log.info("new best %s %.4f at epoch %d: saved checkpoints/best", metric, value, epoch)
+            saved = "saved checkpoints/best" if t.save_best else "not saved (trainer.save_best=false)"
+            log.info("new best %s %.4f at %s: %s", metric, value, at, saved)
+        patience = t.early_stopping.patience
+        if patience is not None:
+            s.evals_without_gain = 0 if gain > t.early_stopping.min_delta else s.evals_without_gain + 1
+            if s.evals_without_gain >= patience:
+                s.stopped_early = {"epoch": epoch, "step": s.step}
+                log.info(
+                    "early stopping at %s: dev %s not better than %.4f by more than %g for %d evaluations",
+                    at,
+                    metric,
+                    s.best["value"],
+                    t.early_stopping.min_delta,
+                    patience,
+                )
 
     def _forward_all(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(dataset indices, logits, labels or None) for a whole split, in dataset order."""
@@ -415,6 +450,8 @@ class Trainer:
         """checkpoints/last: the weights and all a resumed run needs to go on at batch `batch` of `epoch`."""
         if running is not None:  # (None at an epoch's end: checked before the evaluation)
             self._check_finite(running, epoch)
+        if self.tcfg.keep_last == "never":
+            return
         rngs = dist.gather(checkpoint.rng_state(self.device))  # each rank's: their dropout draws differ
         losses = dist.gather(None if running is None else running.detach().cpu())  # and their losses
         if not dist.is_main():
@@ -432,8 +469,15 @@ class Trainer:
             scaler=self.scaler.state_dict(),
             rng=rngs,
             config=checkpoint.config_snapshot(self.cfg),
+            trackers=self.trackers.ids(),
         )
         checkpoint.save(self.out / LAST, self.cfg.model.name, self.model, self.tokenizer, state)
+        self.trackers.flush()
+
+    def _how_to_resume(self) -> str:
+        if self.tcfg.keep_last == "never":
+            return "nothing saved (trainer.keep_last=never), so a resumed run starts afresh"
+        return f"saved {self.out / LAST}; go on with: {resume_command(self.out)}"
 
     def _load_last(self) -> TrainState:
         """Weights, optimizer, scheduler, scaler and RNG states from checkpoints/last; returns its progress
@@ -473,10 +517,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- the end
     def finish(self) -> float:
-        """Reload the best checkpoint, score dev with it, predict test, write summary.json."""
-        s = self.state
-        dev = s.best_dev
-        if s.best_step != s.step:  # the model moved on since the best epoch: score the saved best
+        """Reload the best checkpoint, score dev with it, predict test, write summary.json; then, with
+        trainer.keep_last=until_done, delete checkpoints/last (summary.json first: a resumed run then skips it)."""
+        s, t = self.state, self.tcfg
+        dev = s.best_dev  # save_best=false: the best evaluation's figures, as metrics.jsonl has them
+        if t.save_best and s.best_step != s.step:  # the model moved on since the best evaluation: score the saved best
             if dist.is_main():
                 self.model.load_state_dict(checkpoint.load_model(self.out / BEST).state_dict())
             dist.broadcast_module(self.model)
@@ -489,6 +534,7 @@ class Trainer:
             "status": "completed",
             "best": s.best,
             "dev": dev,
+            "stopped_early": s.stopped_early,
             "train": {
                 "seconds": s.train_seconds,
                 "samples": s.samples,
@@ -496,7 +542,7 @@ class Trainer:
                 "steps": s.step,
             },
             "output_dir": str(self.out.resolve()),
-            "checkpoint": str((self.out / BEST).resolve()),
+            "checkpoint": str((self.out / BEST).resolve()) if t.save_best else None,
             "predictions": str(predictions.resolve()) if predictions else None,
             "data": {
                 counter: {split: getattr(ds, counter) for split, ds in splits.items() if ds is not None}
@@ -505,14 +551,18 @@ class Trainer:
             "device": str(self.device),
             "precision": self.precision,
             "world_size": dist.world_size(),
-            "global_batch_size": self.tcfg.batch_size * self.tcfg.grad_accum_steps * dist.world_size(),
+            "global_batch_size": t.batch_size * t.grad_accum_steps * dist.world_size(),
         }
         checkpoint.write_json(self.out / "summary.json", summary)
+        if t.keep_last == "until_done":
+            checkpoint.delete(self.out / LAST)
+        self.trackers.finish(summary)
         log.info(
-            "best %s %.4f (epoch %d); dev with best checkpoint: %s",
+            "best %s %.4f (epoch %d, step %d); dev with best checkpoint: %s",
             s.best["metric"],
             s.best["value"],
             s.best["epoch"],
+            s.best["step"],
             " ".join(f"{k} {v:.4f}" for k, v in dev.items()),
         )
         self.metrics.close()
@@ -521,3 +571,4 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if self.metrics is not None:  # rank 0 only
             self.metrics.append({"time": time.time(), **record})
+            self.trackers.log(record)

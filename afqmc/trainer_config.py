@@ -14,6 +14,7 @@ from .schema import Key
 
 METRICS = ("accuracy", "f1_macro", "f1_pos", "precision_pos", "recall_pos", "loss")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+KEEP_LAST = ("until_done", "always", "never")
 TRAINER_KEYS = {  # conf/trainer/default.yaml
     "epochs": Key(int, min=1),
     "max_steps": Key(int, null=True, min=1),
@@ -36,6 +37,10 @@ TRAINER_KEYS = {  # conf/trainer/default.yaml
     "save_every_steps": Key(int, null=True, min=1),
     "resume": Key(bool),
     "overwrite": Key(bool),
+    "eval_every_steps": Key(int, null=True, min=1),
+    "early_stopping": Key(dict, keys={"patience": Key(int, null=True, min=1), "min_delta": Key(float, min=0)}),
+    "keep_last": Key(str, choices=KEEP_LAST),
+    "save_best": Key(bool),
 }
 
 
@@ -49,7 +54,23 @@ def metric_fits_labels(cfg) -> None:
         )
 
 
-@TRAINERS.register("default", schema=TRAINER_KEYS, check=metric_fits_labels)
+def predictions_need_the_best(cfg) -> None:
+    """Test predictions come from the best checkpoint; save_best=false writes none. The last model instead
+    would give predictions that summary.json's dev figures do not describe."""
+    t = cfg.trainer
+    if t.predict and not t.save_best and cfg.dataset.splits.get("test"):
+        raise ConfigError(
+            "trainer.save_best=false leaves no best checkpoint to predict the test split with; "
+            "set trainer.predict=false too (or trainer.save_best=true)"
+        )
+
+
+def check_trainer(cfg) -> None:
+    metric_fits_labels(cfg)
+    predictions_need_the_best(cfg)
+
+
+@TRAINERS.register("default", schema=TRAINER_KEYS, check=check_trainer)
 def build_trainer(cfg, output_dir):
     from .trainer import Trainer
 

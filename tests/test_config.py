@@ -14,14 +14,14 @@ from .conftest import CONF, compose_cfg
 
 OPTIONS = [
     (group, f.stem)
-    for group in ("dataset", "model", "optimizer", "scheduler", "trainer", "experiment")
+    for group in ("dataset", "model", "optimizer", "scheduler", "trainer", "logger", "experiment")
     for f in sorted((CONF / group).glob("*.yaml"))
 ]
 
 
 def test_every_group_has_options():
     groups = {g for g, _ in OPTIONS}
-    assert groups == {"dataset", "model", "optimizer", "scheduler", "trainer", "experiment"}
+    assert groups == {"dataset", "model", "optimizer", "scheduler", "trainer", "logger", "experiment"}
     assert {"adamw", "sgd", "linear", "cosine", "constant", "clue_baseline", "smoke"} <= {o for _, o in OPTIONS}
 
 
@@ -67,12 +67,16 @@ def test_help_lists_every_group_option_and_key_with_its_comment():
     assert proc.returncode == 0, proc.stderr
     help_text = proc.stdout
     assert "powered by Hydra" not in help_text and "== Config groups (group=option) ==" in help_text
-    for group in ("dataset", "model", "optimizer", "scheduler", "trainer", "experiment", "hparams_search"):
+    for group in ("dataset", "model", "optimizer", "scheduler", "trainer", "logger", "experiment", "hparams_search"):
         options = ", ".join(sorted(f.stem for f in (CONF / group).glob("*.yaml")))
         assert f"{group}: {options}" in help_text, group
     chosen = defaults()
     for group, option in OPTIONS:  # every key of the default options; of the others, those the default lacks
         if group == "experiment":
+            continue
+        if chosen.get(group) is None:  # logger: no default, every option in full
+            for line in (CONF / group / f"{option}.yaml").read_text().splitlines():
+                assert line.startswith("#") or f"  {line}" in help_text.splitlines(), line
             continue
         listed = {line.split(":")[0] for line in (CONF / group / f"{chosen[group]}.yaml").read_text().splitlines()}
         for line in (CONF / group / f"{option}.yaml").read_text().splitlines():

@@ -22,8 +22,15 @@ def test_torchrun_two_processes_one_run_directory(tmp_path, model):
     assert math.ceil(SMOKE_PAIRS["dev"] / EVAL_BATCH) % 2 == 1 and SMOKE_PAIRS["train"] % (2 * SMOKE_BATCH) == 0
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     args = ["experiment=smoke", f"model={model}", "trainer.epochs=2", f"trainer.eval_batch_size={EVAL_BATCH}"]
+    # bert_cls: dev scored every 7 steps, mid-epoch, by both ranks; a tracker, which rank 0 alone writes
+    watched = ["trainer.eval_every_steps=7", "logger=tensorboard"] if model == "bert_cls" else []
     proc = subprocess.run(
-        [*torchrun, str(ROOT / "run.py"), *args], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300
+        [*torchrun, str(ROOT / "run.py"), *args, *watched],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]  # rank 1 wrote nothing of its own
@@ -33,6 +40,12 @@ def test_torchrun_two_processes_one_run_directory(tmp_path, model):
     assert result["train"]["samples"] == 2 * SMOKE_PAIRS["train"] and result["train"]["steps"] == smoke_steps(2) // 2
     preds = [json.loads(line) for line in (run / "predictions" / "afqmc_predict.json").read_text().splitlines()]
     assert [p["id"] for p in preds] == list(range(SMOKE_PAIRS["test"]))
+    if watched:
+        steps = [
+            r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == "eval"
+        ]
+        assert steps == [*range(7, result["train"]["steps"] + 1, 7), result["train"]["steps"]]
+        assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1  # one writer: rank 0's
 
     # one process scoring the saved best checkpoint gets the dev metrics the two processes reported
     single = build_trainer(compose_cfg([*args, "trainer.predict=false"]), tmp_path / "single")

@@ -7,14 +7,14 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from afqmc.errors import ConfigError
-from afqmc.registry import OPTIMIZERS, Component
+from afqmc.registry import LOGGERS, OPTIMIZERS, Component
 from afqmc.schema import Key, check_config, compose_error
 
 from .conftest import CONF, compose_cfg
 
 OPTIONS = [
     (group, f.stem)
-    for group in ("dataset", "model", "optimizer", "scheduler", "trainer", "experiment")
+    for group in ("dataset", "model", "optimizer", "scheduler", "trainer", "logger", "experiment")
     for f in sorted((CONF / group).glob("*.yaml"))
 ]
 
@@ -49,12 +49,17 @@ GOOD = [
     "scheduler.warmup_steps=0",
     "dataset.task=my-corpus_2.v1",
     "model.do_lower_case=null",
+    "trainer.eval_every_steps=100",
+    "trainer.early_stopping.patience=3",
+    "trainer.keep_last=never",
+    "logger=[tensorboard,mlflow,wandb]",
+    "logger=mlflow logger.mlflow.tracking_uri=http://localhost:5000",
 ]
 
 
 @pytest.mark.parametrize("override", GOOD)
 def test_allowed_values_pass(local_bert, override):
-    checked(local_bert, override)
+    checked(local_bert, *override.split())
 
 
 BAD = [
@@ -92,16 +97,52 @@ BAD = [
     ),
     (
         "+trainr.epochs=3",
-        r"trainr: unknown key; config groups: dataset, model, optimizer, scheduler, trainer \(did you mean trainer\?\)",
+        r"trainr: unknown key; config groups: dataset, logger, model, optimizer, scheduler, trainer "
+        r"\(did you mean trainer\?\)",
     ),
     ("~trainer.seed", r"trainer.seed is missing; expected an integer >= 0 and <= 4294967295$"),
+    ("trainer.eval_every_steps=0", r"trainer.eval_every_steps=0 is invalid; expected null or an integer >= 1$"),
+    (
+        "trainer.early_stopping.patience=0",
+        r"trainer.early_stopping.patience=0 is invalid; expected null or an integer >= 1$",
+    ),
+    ("trainer.early_stopping.min_delta=-1", r"trainer.early_stopping.min_delta=-1 is invalid; expected a number >= 0$"),
+    (
+        "+trainer.early_stopping.patients=3",
+        r"trainer.early_stopping.patients=3: unknown key; keys of trainer.early_stopping: min_delta, patience "
+        r"\(did you mean trainer.early_stopping.patience\?\)",
+    ),
+    (
+        "trainer.keep_last=sometimes",
+        r"trainer.keep_last='sometimes' is invalid; expected one of 'until_done', 'always', 'never'$",
+    ),
+    ("trainer.save_best=no", r"trainer.save_best='no' is invalid; expected true or false$"),
+    (
+        "trainer.save_best=false",
+        r"trainer.save_best=false leaves no best checkpoint to predict the test split with; "
+        r"set trainer.predict=false too",
+    ),
+    (
+        "logger=tensorboard logger.tensorboard.flush_secs=0",
+        r"logger.tensorboard.flush_secs=0 is invalid; expected an integer >= 1$",
+    ),
+    (
+        "logger=wandb logger.wandb.mode=cloud",
+        r"logger.wandb.mode='cloud' is invalid; expected one of 'offline', 'online', 'disabled'$",
+    ),
+    (
+        "logger=mlflow +logger.mlflow.experiment_name=x",
+        r"logger.mlflow.experiment_name='x': unknown key; keys of logger.mlflow: experiment, run_name, tracking_uri "
+        r"\(did you mean logger.mlflow.experiment\?\)",
+    ),
+    ("+logger.comet.project=x", r"logger='comet' is not registered; registered: mlflow, tensorboard, wandb$"),
 ]
 
 
 @pytest.mark.parametrize("override,message", BAD)
 def test_bad_value_names_key_value_and_allowed(local_bert, override, message):
     with pytest.raises(ConfigError, match=message):
-        checked(local_bert, override)
+        checked(local_bert, *override.split())
 
 
 def test_keys_follow_the_chosen_optimizer(local_bert):
@@ -194,3 +235,7 @@ def test_every_yaml_has_exactly_its_schemas_keys():
             schema = registry.component(yaml.name).schema
             assert schema is not None, f"{path}: {group}.name={yaml.name} declares no schema"
             assert set(yaml) == {"name", *schema}, path
+    for path in sorted((CONF / "logger").glob("*.yaml")):  # one option a file, its keys under its name
+        yaml = OmegaConf.load(path)
+        assert list(yaml) == [path.stem], path
+        assert set(yaml[path.stem]) == set(LOGGERS.component(path.stem).schema), path
