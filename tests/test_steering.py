@@ -39,6 +39,14 @@ def evals(out):
     return [r for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "eval"]
 
 
+def report_md(out, *overrides):
+    """The report of one run directory (run.py's Hydra would have written its overrides)."""
+    (out / ".hydra").mkdir()
+    (out / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    write_report(out)
+    return (out / "report.md").read_text()
+
+
 def test_eval_every_n_steps_and_at_the_end(tmp_path, pairs_dir, tiny_bert_dir):
     result = train(tmp_path, pairs_dir, tiny_bert_dir, "trainer.eval_every_steps=5", "trainer.metric=loss")
     scored = evals(tmp_path)
@@ -52,6 +60,8 @@ def test_eval_every_n_steps_and_at_the_end(tmp_path, pairs_dir, tiny_bert_dir):
 def test_eval_every_epoch_by_default(tmp_path, pairs_dir, tiny_bert_dir):
     train(tmp_path, pairs_dir, tiny_bert_dir)
     assert [(r["epoch"], r["step"]) for r in evals(tmp_path)] == [(1, 6), (2, 12)]
+    md = report_md(tmp_path, "trainer.epochs=2")
+    assert "| best epoch |" in md and "best step" not in md and "stopped early" not in md
 
 
 def test_early_stopping_counts_evaluations_without_gain(tmp_path, pairs_dir, tiny_bert_dir):
@@ -64,10 +74,7 @@ def test_early_stopping_counts_evaluations_without_gain(tmp_path, pairs_dir, tin
     assert read_jsonl(tmp_path / "metrics.jsonl")[-1]["step"] == 6  # nothing trained past the stop
     assert train(tmp_path / "off", pairs_dir, tiny_bert_dir, "trainer.eval_every_steps=2")["stopped_early"] is None
 
-    (tmp_path / ".hydra").mkdir()
-    (tmp_path / ".hydra" / "overrides.yaml").write_text("- trainer.early_stopping.patience=2\n")
-    write_report(tmp_path)
-    md = (tmp_path / "report.md").read_text()
+    md = report_md(tmp_path, "trainer.early_stopping.patience=2")
     assert "1 of 1 runs stopped early" in md and "| stopped early |" in md and "| step 6 |" in md
     assert "| best step |" in md  # several evaluations an epoch: the step tells them apart
 
