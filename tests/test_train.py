@@ -98,7 +98,8 @@ def test_smoke_run_writes_every_output(tmp_path, model):
     for lines in (proc.stdout.splitlines(), (out / "run.log").read_text().splitlines()):
         assert lines[0].endswith(f"run directory: {out}"), lines[0]
         assert lines[-1].endswith(
-            f"run directory: {out}; best f1_macro {summary['best']['value']:.4f} (epoch {summary['best']['epoch']}), "
+            f"run directory: {out}; best f1_macro {summary['best']['value']:.4f} "
+            f"(epoch {summary['best']['epoch']}, step {summary['best']['step']}), "
             f"predictions: {out / 'predictions' / 'afqmc_predict.json'}"
         ), lines[-1]
     assert {json.loads(line)["type"] for line in (out / "metrics.jsonl").read_text().splitlines()} == {"train", "eval"}
