@@ -18,7 +18,7 @@ from .registry import MODELS
 from .schema import Key
 
 log = logging.getLogger(__name__)
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "pooler")
 MODULE_KEYS = {  # conf/model/bert_pair_module.yaml, checked before anything loads (afqmc/schema.py)
     "checkpoint": Key(str),
     "pretrained": Key(bool),
@@ -42,21 +42,20 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _resolve(checkpoint: str, trust_remote_code: bool = False) -> dict:
+def _resolve(checkpoint: str) -> dict:
     """from_pretrained kwargs for a checkpoint: a local directory, a cached hub name, or a reachable hub.
 
     Without this, an offline hub name spends ~25 s in download retries before a generic error.
     """
-    from transformers import AutoConfig
+    from transformers import PretrainedConfig
 
     if Path(checkpoint).is_dir():
         return {}
     try:
-        AutoConfig.from_pretrained(checkpoint, local_files_only=True, trust_remote_code=trust_remote_code)
+        PretrainedConfig.get_config_dict(checkpoint, local_files_only=True)  # the JSON alone: no code runs
         return {"local_files_only": True}  # in the Hugging Face cache: no network needed
-    except (OSError, ValueError) as e:
-        if "trust_remote_code" in str(e):  # cached, but refused: say why, not "offline"
-            raise _custom_code_refused(checkpoint) from None
+    except (OSError, ValueError):
+        pass
     if not _hub_reachable():
         raise ModelLoadError(
             f"model.checkpoint={checkpoint!r} is not a local directory, is not in the Hugging Face cache, and the "
@@ -66,11 +65,35 @@ def _resolve(checkpoint: str, trust_remote_code: bool = False) -> dict:
     return {}
 
 
-def _custom_code_refused(checkpoint: str) -> ModelLoadError:
+def _custom_code_refused(checkpoint: str, files: tuple[str, ...] = ()) -> ModelLoadError:
+    named = f" ({' and '.join(files)} name it in auto_map)" if files else ""
     return ModelLoadError(
         f"model.checkpoint={checkpoint!r} needs its own Python code to load, which runs only with "
-        "model.trust_remote_code=true: set it only for a checkpoint whose code you trust"
+        f"model.trust_remote_code=true{named}: set it only for a checkpoint whose code you trust"
     )
+
+
+def _load_config(checkpoint: str, trust: bool, where: dict, head: dict):
+    """The checkpoint's config with `head` (the labels and the head's dropout), running none of the
+    checkpoint's own code unless `trust`. transformers would run none either for a built-in model type
+    (bert), but build its own classes and ignore the code the checkpoint names: a model other than the
+    one its author meant, so such a checkpoint is refused too. afqmc's own checkpoints (model type
+    afqmc_bert) load with afqmc's code, never with the copy beside their weights."""
+    from transformers import AutoConfig, PretrainedConfig
+    from transformers.models.auto.tokenization_auto import get_tokenizer_config
+
+    from .modeling_afqmc import MODEL_TYPE, AfqmcBertConfig
+
+    files = {k: v for k, v in where.items() if k != "trust_remote_code"}
+    values, _ = PretrainedConfig.get_config_dict(checkpoint, **files)  # JSON only: no code runs
+    if values.get("model_type") == MODEL_TYPE:
+        return AfqmcBertConfig.from_pretrained(checkpoint, **head, **files)
+    code = ("config.json",) if "auto_map" in values else ()
+    if "auto_map" in get_tokenizer_config(checkpoint, **files):
+        code += ("tokenizer_config.json",)
+    if code and not trust:
+        raise _custom_code_refused(checkpoint, code)
+    return AutoConfig.from_pretrained(checkpoint, **head, **where)
 
 
 @contextmanager
@@ -96,12 +119,12 @@ def max_positions(cfg) -> int | None:
             raise ModelLoadError(f"model.checkpoint={cfg.checkpoint!r}: cannot read {path} ({e})") from None
         limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
     else:
-        from transformers import AutoConfig
+        from transformers import PretrainedConfig
 
-        where = _resolve(cfg.checkpoint, cfg.trust_remote_code)
+        where = _resolve(cfg.checkpoint)
         with _loading(cfg.checkpoint):
-            config = AutoConfig.from_pretrained(cfg.checkpoint, trust_remote_code=cfg.trust_remote_code, **where)
-        limit = getattr(config, "max_position_embeddings", None)
+            config, _ = PretrainedConfig.get_config_dict(cfg.checkpoint, **where)  # the JSON alone: no code runs
+        limit = config.get("max_position_embeddings")
     return limit if isinstance(limit, int) else None
 
 
@@ -128,20 +151,19 @@ def load_tokenizer(checkpoint: str, do_lower_case: bool | None = None, trust_rem
 def _build(cfg, label_names: list[str], make):
     """(model, tokenizer): the checkpoint's BERT config with a head for label_names (label_names[i] is the
     raw label of class i), `make(config, where)` builds the model, the checkpoint's tokenizer."""
-    from transformers import AutoConfig
+    from .modeling_afqmc import MODEL_TYPE
 
     trust = cfg.trust_remote_code
-    where = {**_resolve(cfg.checkpoint, trust), "trust_remote_code": trust}
+    where = {**_resolve(cfg.checkpoint), "trust_remote_code": trust}
+    head = {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+        "classifier_dropout": cfg.dropout,
+    }
     with _loading(cfg.checkpoint):
-        config = AutoConfig.from_pretrained(
-            cfg.checkpoint,
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={name: i for i, name in enumerate(label_names)},
-            classifier_dropout=cfg.dropout,
-            **where,
-        )
-        if config.model_type != "bert":
+        config = _load_config(cfg.checkpoint, trust, where, head)
+        if config.model_type not in ("bert", MODEL_TYPE):
             raise ConfigError(
                 f"model.checkpoint={cfg.checkpoint!r} is a {config.model_type!r} model; "
                 f"model.name={cfg.name} needs a BERT encoder"
@@ -158,65 +180,40 @@ def _build(cfg, label_names: list[str], make):
     return model, tokenizer
 
 
-def save_pretrained(model, directory: Path) -> None:
-    model.save_pretrained(directory)
+def _modeling(name: str):
+    """modeling.py's function `name`, imported when it is called: this module loads no torch."""
+
+    def call(*args):
+        from . import modeling
+
+        return getattr(modeling, name)(*args)
+
+    return call
 
 
-def load_pair_cls(directory: Path):
-    from .modeling import BertForPairwiseCLS
-
-    return BertForPairwiseCLS.from_pretrained(directory).eval()
-
-
-@MODELS.register("bert_pair_cls", schema=MODEL_KEYS, check=max_length_fits, save=save_pretrained, load=load_pair_cls)
+@MODELS.register(
+    "bert_pair_cls",
+    schema=MODEL_KEYS,
+    check=max_length_fits,
+    save=_modeling("save_classifier"),
+    load=_modeling("load_classifier"),
+)
 def build_pair_cls(cfg, label_names: list[str]):
-    from .modeling import BertForPairwiseCLS
+    from .modeling import build_classifier
 
     def make(config, where):
-        config.pooling = cfg.pooling  # set after loading: from_pretrained drops keys BertConfig lacks
-        if not cfg.pretrained:
-            return BertForPairwiseCLS(config)
-        # A checkpoint fine-tuned on another task has a head for its own labels (AFQMC's 2, not TNEWS' 15):
-        # that head starts afresh; any other weight of another shape is a broken checkpoint.
-        model, info = BertForPairwiseCLS.from_pretrained(
-            cfg.checkpoint, config=config, ignore_mismatched_sizes=True, output_loading_info=True, **where
-        )
-        mismatched = sorted(key for key, *_ in info["mismatched_keys"])
-        if any(not key.startswith("classifier.") for key in mismatched):
-            raise ModelLoadError(
-                f"model.checkpoint={cfg.checkpoint!r} could not be loaded: weights of another shape than its "
-                f"config.json says ({', '.join(mismatched)})"
-            )
-        if mismatched:
-            log.warning("model.checkpoint has a head for other labels: a new head for %d labels", len(label_names))
-        return model
+        return build_classifier(config, cfg.pooling, cfg.checkpoint if cfg.pretrained else None, **where)
 
     return _build(cfg, label_names, make)
 
 
-WEIGHTS = "model.safetensors"  # tensors only: loading them runs no code
-
-
-def save_module(model, directory: Path) -> None:
-    """BertPairModule: the encoder's config (with the head's labels and dropout) and every weight."""
-    from safetensors.torch import save_file
-
-    model.config.save_pretrained(directory)
-    save_file(model.state_dict(), directory / WEIGHTS)
-
-
-def load_module(directory: Path):
-    from safetensors.torch import load_file
-    from transformers import BertConfig
-
-    from .modeling import BertPairModule
-
-    model = BertPairModule(BertConfig.from_pretrained(directory))
-    model.load_state_dict(load_file(directory / WEIGHTS))
-    return model.eval()
-
-
-@MODELS.register("bert_pair_module", schema=MODULE_KEYS, check=max_length_fits, save=save_module, load=load_module)
+@MODELS.register(
+    "bert_pair_module",
+    schema=MODULE_KEYS,
+    check=max_length_fits,
+    save=_modeling("save_module"),
+    load=_modeling("load_module"),
+)
 def build_pair_module(cfg, label_names: list[str]):
     from transformers import BertModel
 

@@ -1,56 +1,99 @@
-"""The classifiers model.py registers: a BERT encoder, a pooled vector, dropout and a linear head.
+"""The classifiers model.py registers, and what their checkpoints hold, so that a checkpoint loads right
+in afqmc and in transformers alike, or not at all:
 
-BertForPairwiseCLS is a transformers model (BertPreTrainedModel): save_pretrained/from_pretrained,
-and a plain BERT checkpoint's encoder weights load into `bert.*`. BertPairModule is the seed design's
-plain torch.nn.Module around a BertModel, saved and loaded by hand (model.py).
+- model.pooling=pooler: transformers' own BertForSequenceClassification (BERT's pretrained pooler, a
+  dense layer and tanh over [CLS], then dropout and a linear head). Its checkpoints are plain BERT ones:
+  AutoModelForSequenceClassification builds this very model from them.
+- model.pooling=cls or mean: BertForPairwiseCLS, defined in modeling_afqmc.py, which goes beside the weights
+  (config.json's auto_map names it) and runs in transformers only with trust_remote_code=True.
+- BertPairModule, a plain torch.nn.Module: its computation and weight names are BertForPairwiseCLS's with
+  [CLS] pooling, so its checkpoints are written as that model's and load in transformers the same way.
 """
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import BertModel, BertPreTrainedModel
+from transformers import BertForSequenceClassification, BertModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .errors import ConfigError
-from .model import POOLINGS
+from . import modeling_afqmc
+from .errors import ModelLoadError
+from .modeling_afqmc import AfqmcBertConfig, BertForPairwiseCLS, classify, head_dropout
+
+log = logging.getLogger(__name__)
+MODELING_FILE = Path(modeling_afqmc.__file__).name
+WEIGHTS = "model.safetensors"  # tensors only: loading them runs no code
 
 
-def pool(hidden, attention_mask, pooling: str):
-    if pooling == "cls":
-        return hidden[:, 0]
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # mean over real tokens: padding must not dilute short pairs
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+def afqmc_config(values: dict, pooling: str) -> AfqmcBertConfig:
+    """BertForPairwiseCLS's config from a BERT config's values (with the head's labels and dropout)."""
+    values = {k: v for k, v in values.items() if k not in ("model_type", "auto_map")}
+    return AfqmcBertConfig.from_dict({**values, "pooling": pooling})
 
 
-def classify(logits, labels) -> SequenceClassifierOutput:
-    loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
-    return SequenceClassifierOutput(loss=loss, logits=logits)
+def build_classifier(config, pooling: str, checkpoint: str | None = None, **where):
+    """model.pooling's classifier for a BERT `config`, with the weights of `checkpoint` (None: at random)."""
+    if pooling == "pooler":
+        config.pooling = pooling  # (read back by load_classifier; transformers ignores it)
+        cls = BertForSequenceClassification
+    else:
+        config, cls = afqmc_config(config.to_dict(), pooling), BertForPairwiseCLS
+    if checkpoint is None:
+        return cls(config)
+    # A checkpoint fine-tuned on another task has a head for its own labels (AFQMC's 2, not TNEWS' 15):
+    # that head starts afresh; any other weight of another shape is a broken checkpoint.
+    model, loaded = cls.from_pretrained(
+        checkpoint, config=config, ignore_mismatched_sizes=True, output_loading_info=True, **where
+    )
+    mismatched = sorted(key for key, *_ in loaded["mismatched_keys"])
+    if any(not key.startswith("classifier.") for key in mismatched):
+        raise ModelLoadError(
+            f"model.checkpoint={checkpoint!r} could not be loaded: weights of another shape than its "
+            f"config.json says ({', '.join(mismatched)})"
+        )
+    if mismatched:
+        log.warning("model.checkpoint has a head for other labels: a new head for %d labels", config.num_labels)
+    return model
 
 
-def head_dropout(config) -> nn.Dropout:
-    return nn.Dropout(config.hidden_dropout_prob if config.classifier_dropout is None else config.classifier_dropout)
+def save_classifier(model, directory: Path) -> None:
+    model.save_pretrained(directory)
+    if isinstance(model.config, AfqmcBertConfig):  # its auto_map names this file
+        shutil.copyfile(modeling_afqmc.__file__, directory / MODELING_FILE)
 
 
-class BertForPairwiseCLS(BertPreTrainedModel):
-    """The pooling ("cls" or "mean") and the label names live in the model config, so a saved
-    checkpoint reloads as the same model."""
+def load_classifier(directory: Path):
+    """What save_classifier wrote, with afqmc's own code (never the modeling file beside the weights).
+    Checkpoints written before the pooler option have model type bert, and cls or mean pooling."""
+    config = _config_values(directory)
+    if config.get("pooling") == "pooler":
+        return BertForSequenceClassification.from_pretrained(directory).eval()
+    pooling = config.get("pooling", "cls")
+    return BertForPairwiseCLS.from_pretrained(directory, config=afqmc_config(config, pooling)).eval()
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.pooling = getattr(config, "pooling", "cls")
-        if self.pooling not in POOLINGS:
-            raise ConfigError(f"model.pooling={self.pooling!r}; allowed: {', '.join(POOLINGS)}")
-        self.bert = BertModel(config, add_pooling_layer=False)  # the pooler is unused: no random weights
-        self.dropout = head_dropout(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None) -> SequenceClassifierOutput:
-        hidden = self.bert(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).last_hidden_state
-        return classify(self.classifier(self.dropout(pool(hidden, attention_mask, self.pooling))), labels)
+def save_module(model, directory: Path) -> None:
+    """BertPairModule as the BertForPairwiseCLS with [CLS] pooling that it computes: config, code, weights."""
+    afqmc_config(model.config.to_dict(), "cls").save_pretrained(directory)
+    shutil.copyfile(modeling_afqmc.__file__, directory / MODELING_FILE)
+    # "format" is the metadata that transformers' from_pretrained asks of a safetensors file
+    save_file(model.state_dict(), directory / WEIGHTS, metadata={"format": "pt"})
+
+
+def load_module(directory: Path):
+    model = BertPairModule(afqmc_config(_config_values(directory), "cls"))
+    model.load_state_dict(load_file(directory / WEIGHTS))
+    return model.eval()
+
+
+def _config_values(directory: Path) -> dict:
+    return json.loads((directory / "config.json").read_text(encoding="utf-8"))
 
 
 class BertPairModule(nn.Module):

@@ -73,7 +73,7 @@ BAD = [
     ("optimizer.betas=[0.9,1.5]", r"optimizer.betas=\[0.9, 1.5\] is invalid; expected two numbers >= 0 and < 1"),
     ("trainer.precision=fp8", r"trainer.precision='fp8' is invalid; expected one of 'auto', 'fp32', 'bf16', 'fp16'$"),
     ("trainer.metric=auc", r"trainer.metric='auc' is invalid; expected one of 'accuracy', 'f1_macro', .*'loss'$"),
-    ("model.pooling=max", r"model.pooling='max' is invalid; expected one of 'cls', 'mean'$"),
+    ("model.pooling=max", r"model.pooling='max' is invalid; expected one of 'cls', 'mean', 'pooler'$"),
     ("dataset.format=xml", r"dataset.format='xml' is invalid; expected one of 'jsonl', 'csv', 'tsv'$"),
     ("dataset.on_bad_line=ignore", r"dataset.on_bad_line='ignore' is invalid; expected one of 'error', 'skip'$"),
     ("trainer.device=gpu", r"trainer.device='gpu' is invalid; expected auto, cpu, cuda or cuda:N$"),
@@ -189,8 +189,9 @@ def test_max_length_within_a_local_checkpoints_positions(local_bert):
 
 
 def test_max_length_of_a_hub_model_checked_from_its_config_alone(monkeypatch):
-    """A hub name's limit comes from its config.json, fetched or cached alone, before any weights."""
-    from transformers import AutoConfig, BertConfig
+    """A hub name's limit comes from its config.json, fetched or cached alone, before any weights, and read
+    as JSON: no code of the checkpoint runs, whatever its model type."""
+    from transformers import PretrainedConfig
 
     import afqmc.model
 
@@ -198,16 +199,16 @@ def test_max_length_of_a_hub_model_checked_from_its_config_alone(monkeypatch):
 
     def config_only(name, **kwargs):
         loaded.append((name, kwargs))
-        return BertConfig(max_position_embeddings=32)
+        return {"model_type": "afqmc_bert", "max_position_embeddings": 32}, {}
 
-    monkeypatch.setattr(afqmc.model, "_resolve", lambda name, trust: {"local_files_only": True})
-    monkeypatch.setattr(AutoConfig, "from_pretrained", config_only)
+    monkeypatch.setattr(afqmc.model, "_resolve", lambda name: {"local_files_only": True})
+    monkeypatch.setattr(PretrainedConfig, "get_config_dict", config_only)
     with pytest.raises(
         ConfigError,
         match=r"dataset.max_length=128 is invalid; expected an integer <= 32, .* of model.checkpoint='some-org/bert'",
     ):
         check_config(compose_cfg(["model.checkpoint=some-org/bert"]))
-    assert loaded == [("some-org/bert", {"trust_remote_code": False, "local_files_only": True})]
+    assert loaded == [("some-org/bert", {"local_files_only": True})]
 
 
 def test_composition_errors_become_one_line():
