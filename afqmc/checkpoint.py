@@ -1,12 +1,12 @@
 """What a run keeps on disk, and how it is written: checkpoints, the training state, metrics.jsonl.
 
 A checkpoint is a directory: the model as its registration saves it (afqmc/registry.py), its tokenizer,
-in checkpoints/last the TrainState (`state.pt`), and `checkpoint.json`, written last, naming the
-registered model and the sha256 of every other file: a file changed or cut short after the save is
-found before it is used. Every file and directory a run writes goes through atomic_write, so a reader,
-or a process killed at any point, finds the old version or the new one, never half of one. state.pt
-holds tensors and plain containers only and is read with torch.load(weights_only=True): reading a
-checkpoint runs no code.
+in checkpoints/last the TrainState (`state.pt`), the run's config and a model card (afqmc/card.py),
+and `checkpoint.json`, written last, naming the registered model and the sha256 of every other file: a
+file changed or cut short after the save is found before it is used. Every file and directory a run
+writes goes through atomic_write, so a reader, or a process killed at any point, finds the old version
+or the new one, never half of one. state.pt holds tensors and plain containers only and is read with
+torch.load(weights_only=True): reading a checkpoint runs no code.
 
 torch is imported inside the functions that use it: run.py's config check and the run records
 (afqmc/runs.py) import this module before torch has loaded.
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 BEST = Path("checkpoints") / "best"
 LAST = Path("checkpoints") / "last"
 STATE = "state.pt"  # checkpoints/last's TrainState, beside the weights
+CARD = "README.md"  # the model card: people edit it before they share a checkpoint, and nothing loads it, so no sha256
 MANIFEST = "checkpoint.json"  # {"model": the registered model's name, "files": {file: sha256}}
 # Keys that may differ between a run and its resumption: they change nothing of the trajectory.
 FREE_KEYS = {
@@ -179,21 +180,27 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save(path: Path, model_name: str, model, tokenizer, state: TrainState | None = None) -> None:
-    """The model (by its registration's save), its tokenizer and, for checkpoints/last, the TrainState;
-    checkpoint.json last, with every file's sha256."""
+def save(path: Path, model_name: str, model, tokenizer, state: TrainState | None = None, run=None) -> None:
+    """The model (by its registration's save), its tokenizer, with `run` (an afqmc.card.RunInfo) the run's
+    config and a model card, for checkpoints/last the TrainState; checkpoint.json last, with every file's sha256."""
     from .registry import MODELS
 
     with atomic_write(path) as tmp:
         MODELS.component(model_name).hooks["save"](model, tmp)
         tokenizer.save_pretrained(tmp)
+        if run is not None:
+            run.write(tmp)
         if state is not None:
             state.save(tmp / STATE)
         mode = 0o666 & ~_umask()  # as any file the run writes: safetensors writes its own 0600
         for f in tmp.rglob("*"):
             if f.is_file():
                 f.chmod(mode)
-        files = {f.relative_to(tmp).as_posix(): sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+        files = {
+            name: sha256(f)
+            for f in sorted(tmp.rglob("*"))
+            if f.is_file() and (name := f.relative_to(tmp).as_posix()) != CARD
+        }
         (tmp / MANIFEST).write_text(
             json.dumps({"model": model_name, "files": files}, indent=1) + "\n", encoding="utf-8"
         )

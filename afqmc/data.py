@@ -316,6 +316,16 @@ def read_examples(path: Path, cfg, labeled: bool, skipped: SkippedLines | None =
         yield example
 
 
+def has_labels(path: Path, cfg) -> bool:
+    """Whether the file has labels: its first record (a CSV/TSV header names the columns of every one) has
+    the label column."""
+    label = cfg.columns.get("label")
+    for _, row in _rows(path, Layout.of(cfg)):
+        if not isinstance(row, DataError):
+            return label is not None and row.get(label) is not None
+    return False
+
+
 def _example(row: dict | DataError, where: str, cols, label_map: dict, labeled: bool, no_gold: set) -> dict | None:
     """The example of one record (its id aside), or None for a line without a gold label."""
     if isinstance(row, DataError):
@@ -467,8 +477,9 @@ def check_dataset(cfg) -> None:
 
 
 @DATASETS.register("sentence_pairs", schema=DATASET_KEYS, check=check_dataset)
-def build_dataset(cfg, split: str):
-    """cfg is the `dataset` group; split is train, dev or test (test needs no labels).
+def build_dataset(cfg, split: str, labeled: bool | None = None):
+    """cfg is the `dataset` group; split is train, dev or test. `labeled`: whether every line must have a
+    label (None: all splits but test; afqmc.evaluate scores a labelled test split).
 
     The dataset's `skipped_lines` counts the bad lines left out under dataset.on_bad_line=skip, its
     `no_gold_label` the lines left out for a label in dataset.no_gold_label.
@@ -481,7 +492,8 @@ def build_dataset(cfg, split: str):
         raise DataError(f"{path}: split file {split!r} not found (dataset.root={cfg.root}, dataset.splits.{split})")
     limit = {"train": cfg.max_train_samples, "dev": cfg.max_eval_samples}.get(split)
     skipped = SkippedLines()
-    examples = islice(read_examples(path, cfg, labeled=split != "test", skipped=skipped), limit)
+    labeled = split != "test" if labeled is None else labeled
+    examples = islice(read_examples(path, cfg, labeled=labeled, skipped=skipped), limit)
     streaming = split == "train" and cfg.streaming
     if streaming:  # read lazily, once per epoch; now one pass counts skipped lines, or one example shows some
         found = sum(1 for _ in examples) if cfg.on_bad_line == "skip" else next(examples, None) is not None

@@ -1,49 +1,115 @@
-"""Classify sentence pairs with a saved checkpoint.
+"""Classify sentence pairs (or single sentences) with a saved checkpoint.
 
     python -m afqmc.predict CHECKPOINT_DIR "句子一" "句子二"
     python -m afqmc.predict CHECKPOINT_DIR "一句话"            # a single-sentence model (e.g. TNEWS)
-    python -m afqmc.predict CHECKPOINT_DIR --file pairs.jsonl [--output out.jsonl]
+    python -m afqmc.predict CHECKPOINT_DIR --file pairs.tsv [--output out.jsonl] [--format tsv] [--text-a q1 ...]
 
---file reads JSON lines with sentence1/sentence2 (other names: --text-a/--text-b; --single: text_a
-alone) and writes one {"id", "label", "probability"} per line.
+--file reads any format training reads (jsonl, csv, tsv) with the run's own dataset settings, saved
+in the checkpoint (run_config.yaml): format, header, columns, max_length; the flags override them
+(--single: text_a alone). It writes one {"id", "label", "probability"} per line (JSON lines), and when
+the file has labels it prints the metrics too (on standard error when the predictions go to standard
+output).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from .card import load_run_config
 from .checkpoint import load_model, write_text
-from .data import read_examples
+from .data import FORMATS, has_labels, read_examples
 from .errors import AfqmcError
+from .metrics import classification_metrics
 from .model import load_tokenizer
+from .progress import progress
+
+# Checkpoints written before they carried their run's config were AFQMC runs with these settings.
+AFQMC_DATASET = {
+    "format": "jsonl",
+    "columns": {"text_a": "sentence1", "text_b": "sentence2", "label": "label", "id": "id"},
+    "max_length": 128,
+}
+SHOW_FROM = 10  # batches: progress is shown for files at least this long
 
 
 class Predictor:
-    def __init__(self, checkpoint: str | Path, max_length: int = 128, device: str | None = None):
+    def __init__(self, checkpoint: str | Path, max_length: int | None = None, device: str | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = load_model(Path(checkpoint)).to(self.device)
-        self.tokenizer = load_tokenizer(str(checkpoint))
-        self.max_length = max_length
+        self.tokenizer = load_tokenizer(str(checkpoint), config=self.model.config)  # config: not read again
+        run = load_run_config(Path(checkpoint))
+        self.dataset = run.dataset if run is not None else OmegaConf.create(AFQMC_DATASET)  # the run's settings
+        self.max_length = max_length or self.dataset.max_length
 
     @torch.inference_mode()
-    def __call__(self, texts: list[tuple[str, ...]], batch_size: int = 64) -> list[tuple[str, float]]:
-        """(label, probability of that label) for each pair, or each 1-tuple of a single-sentence model."""
-        out = []
-        for i in range(0, len(texts), batch_size):
-            a, *b = (list(column) for column in zip(*texts[i : i + batch_size]))
-            batch = self.tokenizer(
+    def logits(self, texts: list[tuple[str, ...]], batch_size: int = 64, show: bool = False) -> torch.Tensor:
+        """The model's logits for each pair (or 1-tuple of a single-sentence model), in order. Texts of
+        similar length are batched together: little padding, so a large file goes several times faster."""
+        order = sorted(range(len(texts)), key=lambda i: -sum(map(len, texts[i])))
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        out = torch.empty(len(texts), self.model.config.num_labels)
+        show = show and len(batches) >= SHOW_FROM  # a few batches are done before a bar would say anything
+        for batch in progress(batches, len(batches), "predicting") if show else batches:
+            a, *b = (list(column) for column in zip(*(texts[i] for i in batch)))
+            enc = self.tokenizer(
                 a, b[0] if b else None, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
             )
-            probs = self.model(**batch.to(self.device)).logits.float().softmax(-1)
-            p, idx = probs.max(-1)
-            out += [(self.model.config.id2label[j], q) for j, q in zip(idx.tolist(), p.tolist())]
+            out[batch] = self.model(**enc.to(self.device)).logits.float().cpu()
         return out
+
+    def __call__(self, texts: list[tuple[str, ...]], batch_size: int = 64) -> list[tuple[str, float]]:
+        """(label, probability of that label) for each pair, or each 1-tuple of a single-sentence model."""
+        p, idx = self.logits(texts, batch_size).softmax(-1).max(-1)
+        return [(self.model.config.id2label[j], q) for j, q in zip(idx.tolist(), p.tolist())]
+
+
+def file_config(predictor: Predictor, args) -> DictConfig:
+    """How to read --file: the run's dataset settings, the flags over them, the model's labels."""
+    cfg = OmegaConf.merge(predictor.dataset, {})  # a copy
+    if args.format:
+        cfg.format = args.format
+    positions = cfg.format != "jsonl" and not cfg.get("header", True)  # columns are 0-based positions
+    flags = {"text_a": args.text_a, "text_b": args.text_b, "label": args.label, "id": args.id}
+    cfg.columns.update({k: int(v) if positions and v.isdigit() else v for k, v in flags.items() if v is not None})
+    if args.single:
+        cfg.columns.text_b = None
+    # the raw label of each class, as the model was trained with it
+    cfg.label_map = {name: i for i, name in predictor.model.config.id2label.items()}
+    return cfg
+
+
+def predict_file(predictor: Predictor, args) -> dict | None:
+    """Writes the predictions of --file; returns the metrics when the file has labels."""
+    path, cfg = Path(args.file), file_config(predictor, args)
+    if not path.is_file():
+        raise OSError(f"{path}: no such file")
+    labeled = has_labels(path, cfg)
+    examples = list(read_examples(path, cfg, labeled=labeled))
+    texts = [(e["text_a"],) if e["text_b"] is None else (e["text_a"], e["text_b"]) for e in examples]
+    logits = predictor.logits(texts, args.batch_size, show=True)
+    p, idx = logits.softmax(-1).max(-1)
+    id2label = predictor.model.config.id2label
+    text = "".join(
+        json.dumps({"id": e["id"], "label": id2label[j], "probability": round(q, 6)}, ensure_ascii=False) + "\n"
+        for e, j, q in zip(examples, idx.tolist(), p.tolist())
+    )
+    if args.output:
+        write_text(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
+    if not labeled:
+        return None
+    labels = torch.tensor([e["label"] for e in examples])
+    metrics = classification_metrics(idx, labels, len(id2label))
+    metrics["loss"] = torch.nn.functional.cross_entropy(logits, labels).item()
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,36 +118,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("checkpoint", help="a checkpoints/best directory of a run")
     ap.add_argument("pair", nargs="*", help="sentence1 sentence2, or one sentence for a single-sentence model")
-    ap.add_argument("--file", help="JSON lines of pairs to classify")
+    ap.add_argument("--file", help="a file of pairs to classify (JSON lines, CSV or TSV)")
     ap.add_argument("--output", help="where --file's predictions go (default: standard output)")
-    ap.add_argument("--text-a", default="sentence1")
-    ap.add_argument("--text-b", default="sentence2")
+    ap.add_argument("--format", choices=tuple(FORMATS), help="--file's format (default: the run's dataset.format)")
+    for column in ("text_a", "text_b", "label", "id"):
+        ap.add_argument(f"--{column.replace('_', '-')}", help=f"--file's {column} column (default: the run's)")
     ap.add_argument("--single", action="store_true", help="--file has one text per line (--text-a)")
-    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--max-length", type=int, help="tokens per pair (default: the run's dataset.max_length)")
+    ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args(argv)
     if bool(args.file) == bool(args.pair) or len(args.pair) > 2:
         ap.error("give either one or two sentences, or --file FILE")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         predictor = Predictor(args.checkpoint, args.max_length)
         if args.pair:
             label, prob = predictor([tuple(args.pair)])[0]
             print(f"label {label} probability {prob:.4f}")
             return 0
-        text_b = None if args.single else args.text_b
-        cfg = OmegaConf.create({"format": "jsonl", "columns": {"text_a": args.text_a, "text_b": text_b, "id": "id"}})
-        examples = list(read_examples(Path(args.file), cfg, labeled=False))
-        results = predictor([(e["text_a"],) if args.single else (e["text_a"], e["text_b"]) for e in examples])
-        text = "".join(
-            json.dumps({"id": e["id"], "label": label, "probability": round(prob, 6)}, ensure_ascii=False) + "\n"
-            for e, (label, prob) in zip(examples, results)
-        )
-        if args.output:
-            write_text(Path(args.output), text)
-        else:
-            sys.stdout.write(text)
+        metrics = predict_file(predictor, args)
+        if metrics is not None:
+            where = sys.stdout if args.output else sys.stderr  # standard output may be the predictions
+            print(" ".join(f"{k} {v:.4f}" for k, v in metrics.items()), file=where)
         return 0
     except (AfqmcError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)  # one line, as run.py prints it
         return 1
 
 

@@ -14,10 +14,12 @@ What the trainer asks of each kind of component, so that any registered one work
 - a model (MODELS) registers `build(cfg, label_names) -> (model, tokenizer)`, plus `save=fn(model, directory)`
   and `load=fn(directory) -> model` (on the CPU, in eval mode): the trainer writes and reloads checkpoints
   with them and nothing else;
-- a dataset (DATASETS) registers `build(cfg, split) -> dataset`, an object with the attributes of SplitData;
+- a dataset (DATASETS) registers `build(cfg, split, labeled=None) -> dataset`, an object with the attributes of
+  SplitData (`labeled`: every line must have a label; None: all splits but test);
 - a collate function (COLLATORS) `build(cfg, tokenizer, pad_to_multiple_of) -> collate_fn`;
 - an optimizer `build(cfg, model)`, a scheduler `build(cfg, optimizer, total_steps)`, a trainer
-  `build(cfg, output_dir)` with `fit() -> best dev value`;
+  `build(cfg, output_dir)` with `fit() -> best dev value`, and, for afqmc.evaluate,
+  `setup_evaluation(checkpoint_dir, split)` then `evaluate(split, show) -> metrics`;
 - an experiment tracker (LOGGERS) `build(cfg, run, run_id) -> tracker` (afqmc/loggers.py). Several may be
   chosen at once, so a tracker is named by its key under `logger`, not by a `name:` key.
 

@@ -22,6 +22,7 @@ from itertools import islice
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -29,10 +30,13 @@ from transformers import set_seed
 
 from . import checkpoint
 from . import distributed as dist
+from .card import RunInfo, run_overrides
 from .checkpoint import BEST, LAST, STATE, MetricsLog, TrainState
 from .errors import ConfigError, DataError, Interrupted, TrainingError
 from .loggers import Trackers, start_trackers
 from .metrics import classification_metrics
+from .model import load_tokenizer
+from .progress import progress
 from .registry import COLLATORS, DATASETS, MODELS, OPTIMIZERS, SCHEDULERS
 from .runs import completed_summary, resume_command
 from .sampling import TrainBatchSampler, sorted_batches, split_by_length
@@ -88,6 +92,11 @@ def stop_signals():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
+def label_names(label_map) -> list[str]:
+    """The raw label of each class index (dataset.label_map maps raw labels to 0..N-1; the schema checked)."""
+    return [str(raw) for raw, _ in sorted(label_map.items(), key=lambda kv: kv[1])]
+
+
 class Trainer:
     def __init__(self, cfg, output_dir):
         self.cfg, self.tcfg = cfg, cfg.trainer
@@ -111,6 +120,7 @@ class Trainer:
         self._setup_data()
         self._setup_optimizer()
         self.state = self._load_last() if self.tcfg.resume else TrainState()
+        self.scored: tuple[int, int, dict] | None = None  # (epoch, step, dev metrics) of the last evaluation
         self.metrics, self.trackers = None, Trackers({})
         if dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
@@ -150,8 +160,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _setup_model(self) -> None:
-        label_map = self.cfg.dataset.label_map  # raw label -> class index 0..N-1 (the schema checked)
-        self.label_names = [str(raw) for raw, _ in sorted(label_map.items(), key=lambda kv: kv[1])]
+        self.label_names = label_names(self.cfg.dataset.label_map)
         self.model, self.tokenizer = MODELS.get(self.cfg.model.name)(self.cfg.model, self.label_names)
         self.model.to(self.device)
         if self.device.type == "cpu" and self.tcfg.fast_dropout:  # dropout is costly on a CPU (fast_dropout.py)
@@ -174,18 +183,7 @@ class Trainer:
         build = DATASETS.get(dcfg.name)
         self.train_set, self.dev_set = build(dcfg, "train"), build(dcfg, "dev")
         self.test_set = build(dcfg, "test") if t.predict and dcfg.splits.get("test") else None
-        # Tensor cores take matmuls whose sizes are multiples of 8; torch.compile wants few distinct
-        # shapes (each one compiles anew), so it gets coarser buckets. A CPU gains nothing from either.
-        multiple = 32 if t.compile else 8 if self.device.type == "cuda" else None
-        collate = COLLATORS.get(dcfg.collate)(dcfg, self.tokenizer, multiple)
-        # Each loader draws its workers' seed from a generator of its own, not from torch's global one:
-        # that one then serves only dropout, and its saved state is all a resumed run needs.
-        loader = dict(
-            collate_fn=collate,
-            num_workers=t.num_workers,
-            pin_memory=self.device.type == "cuda",
-            generator=torch.Generator(),
-        )
+        loader = self._loader_args()
         for ds in (self.train_set, self.dev_set, self.test_set):
             if ds is not None:
                 ds.encode(self.tokenizer, dcfg.max_length)  # once per split, not once per batch and epoch
@@ -203,9 +201,8 @@ class Trainer:
             )
             self.train_loader = DataLoader(self.train_set, batch_sampler=self.train_sampler, **loader)
             self.batches_per_epoch = len(self.train_sampler)
-        # Each rank scores every world-th batch; _forward_all gathers them, so each pair counts once.
         self.eval_loaders = {
-            split: DataLoader(ds, batch_sampler=sorted_batches(ds.lengths(), t.eval_batch_size)[rank::world], **loader)
+            split: self._eval_loader(ds, loader)
             for split, ds in (("dev", self.dev_set), ("test", self.test_set))
             if ds is not None
         }
@@ -213,6 +210,44 @@ class Trainer:
         self.data = {split: ds.fingerprint() for split, ds in splits if ds is not None}  # for checkpoints/last
         n_test = self.test_set.count() if self.test_set is not None else "no"
         log.info("data: %d train, %d dev, %s test pairs", n_train, self.dev_set.count(), n_test)
+
+    def _loader_args(self) -> dict:
+        """DataLoader arguments every split shares."""
+        dcfg, t = self.cfg.dataset, self.tcfg
+        # Tensor cores take matmuls whose sizes are multiples of 8; torch.compile wants few distinct
+        # shapes (each one compiles anew), so it gets coarser buckets. A CPU gains nothing from either.
+        multiple = 32 if t.compile else 8 if self.device.type == "cuda" else None
+        # Each loader draws its workers' seed from a generator of its own, not from torch's global one:
+        # that one then serves only dropout, and its saved state is all a resumed run needs.
+        return dict(
+            collate_fn=COLLATORS.get(dcfg.collate)(dcfg, self.tokenizer, multiple),
+            num_workers=t.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator(),
+        )
+
+    def _eval_loader(self, ds, loader: dict) -> DataLoader:
+        """Longest batches first; each rank scores every world-th batch, and _forward_all gathers them,
+        so each pair counts once."""
+        batches = sorted_batches(ds.lengths(), self.tcfg.eval_batch_size)[dist.rank() :: dist.world_size()]
+        return DataLoader(ds, batch_sampler=batches, **loader)
+
+    def setup_evaluation(self, path: Path, split: str) -> None:
+        """The model saved at `path` and the labelled `split`, to be scored by evaluate(split) (afqmc.evaluate)."""
+        self._setup_run()
+        self.label_names = label_names(self.cfg.dataset.label_map)
+        self.model = self.infer = checkpoint.load_model(path).to(self.device)
+        if self.model.config.num_labels != len(self.label_names):
+            raise ConfigError(
+                f"dataset.label_map has {len(self.label_names)} labels, but the model in {path} has "
+                f"{self.model.config.num_labels} classes; map the file's labels to the model's: "
+                + ", ".join(f"{i}: {name!r}" for i, name in sorted(self.model.config.id2label.items()))
+            )
+        self.tokenizer = load_tokenizer(str(path), config=self.model.config)  # config: not read again
+        dataset = DATASETS.get(self.cfg.dataset.name)(self.cfg.dataset, split, labeled=True)
+        dataset.encode(self.tokenizer, self.cfg.dataset.max_length)
+        self.eval_loaders = {split: self._eval_loader(dataset, self._loader_args())}
+        log.info("%s: %d pairs (%s)", split, dataset.count(), path)
 
     def _setup_optimizer(self) -> None:
         t = self.tcfg
@@ -381,6 +416,7 @@ class Trainer:
         of them decide alike."""
         s, t = self.state, self.tcfg
         metrics = self.evaluate("dev")
+        self.scored = (epoch, s.step, metrics)
         self._log({"type": "eval", "split": "dev", "epoch": epoch, "step": s.step, **metrics})
         at = f"epoch {epoch}" if t.eval_every_steps is None else f"epoch {epoch} step {s.step}"
         log.info("%s dev: %s", at, " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -391,7 +427,7 @@ class Trainer:
             s.best = {"epoch": epoch, "step": s.step, "metric": metric, "value": value}
             s.best_dev, s.best_step = metrics, s.step
             if dist.is_main() and t.save_best:
-                checkpoint.save(self.out / BEST, self.cfg.model.name, self.model, self.tokenizer)
+                checkpoint.save(self.out / BEST, self.cfg.model.name, self.model, self.tokenizer, run=self._run_info())
             saved = "saved checkpoints/best" if t.save_best else "not saved (trainer.save_best=false)"
             log.info("new best %s %.4f at %s: %s", metric, value, at, saved)
         patience = t.early_stopping.patience
@@ -408,12 +444,13 @@ class Trainer:
                     patience,
                 )
 
-    def _forward_all(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(dataset indices, logits, labels or None) for a whole split, in dataset order."""
+    def _forward_all(self, split: str, show: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(dataset indices, logits, labels or None) for a whole split, in dataset order; `show`: its progress."""
         self.model.eval()
         indices, logits, labels = [], [], []
+        batches = self.eval_loaders[split]
         with torch.inference_mode():
-            for batch in self.eval_loaders[split]:
+            for batch in progress(batches, len(batches), f"scoring {split}") if show else batches:
                 indices.append(batch.pop("index"))
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 y = batch.pop("labels", None)
@@ -426,8 +463,9 @@ class Trainer:
         order = indices.argsort()
         return indices[order], logits[order], labels[0][order] if labels else None
 
-    def evaluate(self, split: str = "dev") -> dict[str, float]:
-        _, logits, labels = self._forward_all(split)
+    def evaluate(self, split: str = "dev", show: bool = False) -> dict[str, float]:
+        """The metrics of a labelled split; `show`: its progress (a bar on a terminal, else log lines)."""
+        _, logits, labels = self._forward_all(split, show)
         metrics = classification_metrics(logits.argmax(-1), labels, len(self.label_names))
         metrics["loss"] = torch.nn.functional.cross_entropy(logits, labels).item()
         return metrics
@@ -471,13 +509,24 @@ class Trainer:
             config=checkpoint.config_snapshot(self.cfg),
             trackers=self.trackers.ids(),
         )
-        checkpoint.save(self.out / LAST, self.cfg.model.name, self.model, self.tokenizer, state)
+        checkpoint.save(self.out / LAST, self.cfg.model.name, self.model, self.tokenizer, state, self._run_info())
         self.trackers.flush()
 
     def _how_to_resume(self) -> str:
         if self.tcfg.keep_last == "never":
             return "nothing saved (trainer.keep_last=never), so a resumed run starts afresh"
         return f"saved {self.out / LAST}; go on with: {resume_command(self.out)}"
+
+    def _run_info(self) -> RunInfo:
+        """For a checkpoint of the weights as they are now: the dev metrics when they were scored."""
+        epoch, step, dev = self.scored if self.scored and self.scored[1] == self.state.step else (None, None, None)
+        return RunInfo(
+            config=OmegaConf.to_container(self.cfg, resolve=True),
+            overrides=run_overrides(self.out),
+            dev=dev,
+            epoch=epoch,
+            step=self.state.step if step is None else step,
+        )
 
     def _load_last(self) -> TrainState:
         """Weights, optimizer, scheduler, scaler and RNG states from checkpoints/last; returns its progress

@@ -1,9 +1,10 @@
-"""A trained model shared: checkpoints that transformers loads right or refuses. Tiny runs trained once per
-module, as run.py leaves them."""
+"""A trained model used and shared: checkpoints that transformers loads right or refuses, afqmc.evaluate,
+afqmc.predict --file, the model card. Tiny runs trained once per module, as run.py leaves them."""
 
 import json
 import random
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -12,10 +13,10 @@ import torch
 from omegaconf import OmegaConf
 
 import afqmc
-from afqmc import checkpoint
-from afqmc.model import load_tokenizer
+from afqmc import checkpoint, evaluate, predict
+from afqmc.card import RunInfo, model_card
 
-from .conftest import ENV, compose_cfg, write_jsonl
+from .conftest import ENV, compose_cfg, read_jsonl, summary, write_jsonl
 from .test_train import product_pairs
 
 VARIANTS = {  # the checkpoint formats: a plain BERT classifier, and afqmc's own architecture thrice
@@ -89,12 +90,6 @@ def best(run):
 
 
 # ---------------------------------------------------------------- transformers
-def afqmc_logits(path):
-    model, tokenizer = checkpoint.load_model(path), load_tokenizer(str(path))
-    with torch.no_grad():
-        return model(**tokenizer(*map(list, zip(*PAIRS)), padding=True, return_tensors="pt")).logits
-
-
 def transformers_logits(path, **kwargs):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -109,7 +104,7 @@ def test_pooler_checkpoint_is_a_plain_bert_classifier(trained):
     path = best(trained("pooler"))
     model, logits = transformers_logits(path)
     assert type(model).__name__ == "BertForSequenceClassification"
-    assert (logits - afqmc_logits(path)).abs().max() < 1e-5
+    assert (logits - predict.Predictor(path).logits(PAIRS)).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("variant", ["cls", "mean", "module"])
@@ -125,7 +120,7 @@ def test_other_checkpoints_carry_their_architecture(trained, tmp_path, monkeypat
     model, logits = transformers_logits(path, trust_remote_code=True)
     assert type(model).__name__ == "BertForPairwiseCLS" and not type(model).__module__.startswith("afqmc")
     assert model.pooling == {"module": "cls"}.get(variant, variant)
-    assert (logits - afqmc_logits(path)).abs().max() < 1e-5
+    assert (logits - predict.Predictor(path).logits(PAIRS)).abs().max() < 1e-5
 
 
 HUB_USER = """
@@ -213,3 +208,162 @@ def test_checkpoints_of_the_earlier_format_load(tiny_bert_dir):
     assert type(model) is BertForPairwiseCLS and model.pooling == "cls"
     key = "bert.encoder.layer.0.attention.self.query.weight"
     assert torch.equal(model.state_dict()[key], BertForPairwiseCLS.from_pretrained(tiny_bert_dir).state_dict()[key])
+
+
+# ---------------------------------------------------------------- afqmc.evaluate
+def eval_records(run):
+    return [
+        json.loads(p.read_text()) for p in sorted((run / "eval").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    ]
+
+
+def test_evaluate_scores_a_run_as_its_training_did(trained, capsys):
+    run = trained("cls")
+    assert evaluate.main([str(run)]) == 0
+    (record,) = eval_records(run)
+    assert record["metrics"] == pytest.approx(summary(run)["dev"], abs=1e-6)
+    assert record["checkpoint"] == str(best(run).resolve()) and record["overrides"] == {} and record["split"] == "dev"
+    assert f"f1_macro {summary(run)['dev']['f1_macro']:.4f}" in capsys.readouterr().out
+
+
+def test_evaluate_a_labelled_test_split_and_another_corpus(trained, data_dir, tmp_path):
+    """--split test scores a test file with labels; overrides point the run at another corpus (TSV, its own
+    columns and labels): the same pairs score the same, and the record names what differs from the run."""
+    run = trained("mean")
+    assert evaluate.main([str(run), "--split", "test", "--checkpoint", "last"]) == 0
+    assert evaluate.main([str(run), "--checkpoint", "last", "dataset.splits.dev=test.json"]) == 0
+    assert evaluate.main([str(run), "--checkpoint=last", "--split=test", *TSV]) == 0
+    test, as_dev, tsv = eval_records(run)[-3:]
+    assert test["split"] == "test" and test["checkpoint"].endswith("last")
+    assert test["metrics"] == as_dev["metrics"] == pytest.approx(tsv["metrics"], abs=1e-6)
+    assert as_dev["overrides"] == {"dataset.splits.dev": {"run": "dev.json", "now": "test.json"}}
+    assert tsv["overrides"]["dataset.columns.text_a"] == {"run": "sentence1", "now": "q1"}
+    assert tsv["overrides"]["dataset.label_map.yes"] == {"run": None, "now": 1}
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (
+            ["--split", "test", "dataset.root=NOWHERE", "dataset.download=null"],
+            "DataError: NOWHERE/test.json: split file 'test' not found",
+        ),
+        (["--split", "test", "dataset.columns.label=gold"], "DataError: {data}/test.json:1: missing field 'gold'"),
+        (["dataset.rot=x"], "ConfigError: dataset.rot=x: unknown key; keys of dataset: "),
+        (["dataset.max_length=1000"], "ConfigError: dataset.max_length=1000 is invalid; expected an integer <= 128"),
+        (["dataset=other"], "ConfigError: dataset=other: afqmc.evaluate overrides keys of the run's config"),
+        (["--checkpoint", "last", "trainer.device=cuda:7"], "ConfigError: trainer.device='cuda:7' but CUDA"),
+    ],
+)
+def test_evaluate_bad_input_is_one_line(trained, data_dir, capsys, args, error):
+    if "cuda" in error and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    run = trained("cls")
+    before = len(eval_records(run)) if (run / "eval").exists() else 0
+    assert evaluate.main([str(run), *args]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(error.format(data=data_dir)) and "\n" not in err, err
+    assert (len(eval_records(run)) if (run / "eval").exists() else 0) == before
+
+
+def test_evaluate_needs_a_run_with_a_checkpoint(tmp_path, capsys):
+    assert evaluate.main([str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"ConfigError: {tmp_path} is not a run directory: it has no .hydra/config.yaml\n"
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(compose_cfg(["experiment=smoke"]), tmp_path / ".hydra" / "config.yaml")  # killed before a checkpoint
+    assert evaluate.main([str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith(
+        f"ModelLoadError: {tmp_path / 'checkpoints' / 'best'}: no checkpoint there"
+    )
+
+
+# ---------------------------------------------------------------- afqmc.predict --file
+def test_predict_reads_a_file_as_the_run_did_and_prints_metrics(trained, data_dir, tmp_path, capsys):
+    """A run trained on a TSV corpus: --file reads its TSV with the run's columns and labels, no flags, and
+    prints the metrics the run's own evaluation gave on the same pairs."""
+    run = trained("pooler", *TSV)
+    out = tmp_path / "p.jsonl"
+    assert predict.main([str(best(run)), "--file", str(data_dir / "dev.tsv"), "--output", str(out)]) == 0
+    dev = summary(run)["dev"]
+    assert capsys.readouterr().out.strip() == " ".join(f"{k} {v:.4f}" for k, v in dev.items())
+    rows = read_jsonl(out)
+    assert [r["id"] for r in rows] == list(range(24)) and {r["label"] for r in rows} <= {"no", "yes"}
+
+
+def test_predict_flags_override_the_runs_settings(trained, data_dir, capsys):
+    """The TSV run's checkpoint on AFQMC-style JSON lines: --format and the column flags; no labels, no metrics."""
+    run = trained("pooler", *TSV)
+    rows = [{"id": f"q{i}", "s1": a, "s2": b} for i, (a, b) in enumerate(PAIRS)]
+    path = write_jsonl(data_dir.parent / "flags" / "pairs.json", rows)
+    args = [str(best(run)), "--file", str(path), "--format", "jsonl", "--text-a", "s1", "--text-b", "s2"]
+    assert predict.main(args) == 0
+    captured = capsys.readouterr()
+    got = [json.loads(line) for line in captured.out.splitlines()]
+    labels = [label for label, _ in predict.Predictor(best(run))(PAIRS)]
+    assert [(r["id"], r["label"]) for r in got] == list(zip(["q0", "q1", "q2"], labels))
+    assert "accuracy" not in captured.out + captured.err
+
+
+def test_predict_shows_progress_on_large_files(trained, data_dir, tmp_path, caplog):
+    args = ["--file", str(data_dir / "test.json"), "--batch-size", "2", "--output", str(tmp_path / "p.jsonl")]
+    with caplog.at_level("INFO", logger="afqmc.progress"):
+        assert predict.main([str(best(trained("cls"))), *args]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "afqmc.progress"]
+    assert lines[0] == "predicting: 1/12 batches" and lines[-1] == "predicting: 12/12 batches", lines
+
+
+# ---------------------------------------------------------------- the model card
+def front_matter(path):
+    from huggingface_hub import metadata_load
+
+    return metadata_load(path)
+
+
+@pytest.mark.parametrize("variant", ["pooler", "module"])
+def test_each_checkpoint_has_a_model_card(trained, tiny_bert_dir, data_dir, variant):
+    run = trained(variant)
+    card = (best(run) / "README.md").read_text()
+    meta = front_matter(best(run) / "README.md")
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-classification"
+    assert "base_model" not in meta  # a local directory is no hub name; the text names it
+    best_dev, epoch = summary(run)["dev"], summary(run)["best"]["epoch"]
+    results = meta["model-index"][0]["results"]
+    assert {m["type"]: m["value"] for r in results for m in r["metrics"]} == {
+        "accuracy": round(best_dev["accuracy"], 4),
+        "f1": round(best_dev["f1_macro"], 4),
+    }
+    assert f"from `{tiny_bert_dir}`" in card and f"(`{data_dir}`, jsonl" in card
+    assert f"epoch {epoch}, step" in card and f"| {best_dev['f1_macro']:.4f} |" in card
+    assert " ".join(OmegaConf.load(run / ".hydra" / "overrides.yaml")) in card
+    assert "python -m afqmc.predict THIS_DIR" in card
+    trust = 'from_pretrained("THIS_DIR", trust_remote_code=True)'
+    assert (trust in card) == (variant != "pooler") and ("custom_code" in meta["tags"]) == (variant != "pooler")
+    run_config = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml"), resolve=True)
+    assert OmegaConf.to_container(OmegaConf.load(best(run) / "run_config.yaml")) == run_config
+    last = (run / "checkpoints" / "last" / "README.md").read_text()
+    assert "epoch 2, step" in last and (run / "checkpoints" / "last" / "run_config.yaml").is_file()
+
+
+def test_model_card_of_weights_not_yet_scored_and_of_a_hub_base(tmp_path):
+    cfg = OmegaConf.to_container(compose_cfg(["model.checkpoint=bert-base-chinese"]), resolve=True)
+    (tmp_path / "config.json").write_text("{}")
+    card = model_card(RunInfo(config=cfg, step=7), tmp_path)
+    assert "These weights (step 7) were saved between two evaluations and have not been scored on dev" in card
+    (tmp_path / "README.md").write_text(card)
+    assert front_matter(tmp_path / "README.md")["base_model"] == "bert-base-chinese"
+
+
+def test_writing_a_checkpoint_needs_no_network(tiny_bert_dir, tmp_path, monkeypatch):
+    from afqmc.model import build_pair_cls
+
+    cfg = compose_cfg([f"model.checkpoint={tiny_bert_dir}", "model.pooling=pooler"])
+    model, tokenizer = build_pair_cls(cfg.model, ["0", "1"])
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a checkpoint save tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    info = RunInfo(config=OmegaConf.to_container(cfg, resolve=True), overrides=["x=1"], dev={"accuracy": 0.5}, epoch=1)
+    checkpoint.save(tmp_path / "best", "bert_pair_cls", model, tokenizer, run=info)
+    assert (tmp_path / "best" / "README.md").is_file()

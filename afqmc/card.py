@@ -1,0 +1,175 @@
+"""What a checkpoint says about the run that made it, beside its weights:
+
+- `run_config.yaml`, the run's resolved config: afqmc.predict reads the dataset settings from it
+  (format, columns, max_length), afqmc.evaluate nothing (it composes the run's .hydra/config.yaml);
+- `README.md`, a Hugging Face model card: base checkpoint, dataset, dev metrics, the overrides the run
+  was started with, and how to load the model; a checkpoint directory uploaded as it is makes a
+  complete Hub repository. It is written from what the run knows: nothing is fetched.
+
+Light on purpose (no torch): the model card is a template filled in here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .checkpoint import CARD
+from .runs import OVERRIDES
+
+RUN_CONFIG = "run_config.yaml"
+METRIC_NAMES = {
+    "accuracy": "accuracy",
+    "f1_macro": "macro-F1",
+    "f1_pos": "F1 of label 1",
+    "precision_pos": "precision of label 1",
+    "recall_pos": "recall of label 1",
+    "loss": "cross-entropy loss",
+}
+
+
+@dataclass
+class RunInfo:
+    """What the trainer knows of the weights it saves."""
+
+    config: dict  # the run's resolved config, plain containers
+    overrides: list[str] = field(default_factory=list)  # the command line the run was started with
+    dev: dict | None = None  # dev metrics of these very weights; None when they were not scored
+    epoch: int | None = None  # where they were scored
+    step: int | None = None
+
+    def write(self, directory: Path) -> None:
+        """run_config.yaml and README.md into a checkpoint directory whose model files are written."""
+        (directory / RUN_CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.create(self.config)), encoding="utf-8")
+        (directory / CARD).write_text(model_card(self, directory), encoding="utf-8")
+
+
+def run_overrides(run_dir: Path) -> list[str]:
+    """The overrides Hydra recorded for the run ([] for a run started without Hydra)."""
+    path = Path(run_dir) / OVERRIDES
+    return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+
+
+def load_run_config(checkpoint_dir: Path) -> DictConfig | None:
+    """The resolved config of the run that wrote the checkpoint (None for checkpoints written before it was saved)."""
+    path = Path(checkpoint_dir) / RUN_CONFIG
+    return OmegaConf.load(path) if path.is_file() else None
+
+
+def _custom_code(directory: Path) -> bool:
+    """The saved config names a modeling file of its own (auto_map): loading it needs trust_remote_code=True."""
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    return "auto_map" in config
+
+
+def _metadata(info: RunInfo, custom_code: bool) -> str:
+    from huggingface_hub import EvalResult, ModelCardData
+
+    model, task = info.config["model"], info.config["dataset"]["task"]
+    results = [
+        EvalResult(
+            task_type="text-classification",
+            task_name="Sentence-pair classification",
+            dataset_type=task,
+            dataset_name=task,
+            dataset_split="dev",
+            metric_type="f1" if name == "f1_macro" else name,
+            metric_name=METRIC_NAMES[name],
+            metric_config="macro" if name == "f1_macro" else None,
+            metric_value=round(value, 4),
+        )
+        for name, value in (info.dev or {}).items()
+        if name in ("accuracy", "f1_macro")
+    ]
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        # the Hub takes a hub name only: a local directory stays in the text below
+        base_model=None if Path(model["checkpoint"]).is_dir() else model["checkpoint"],
+        tags=["afqmc", "sentence-pair-classification", task, *(["custom_code"] if custom_code else [])],
+        model_name=f"{task}-{model['name']}",
+        eval_results=results or None,
+    )
+    return data.to_yaml() + "\n"
+
+
+def _metrics_table(info: RunInfo) -> str:
+    if not info.dev:
+        return (
+            f"These weights (step {info.step}) were saved between two evaluations and have not been scored on dev; "
+            "`checkpoints/best` of the same run holds the best scored weights.\n"
+        )
+    names = [n for n in METRIC_NAMES if n in info.dev]
+    rows = [
+        f"Scored on the dev split at epoch {info.epoch}, step {info.step}:",
+        "",
+        "| " + " | ".join(METRIC_NAMES[n] for n in names) + " |",
+        "|" + " --- |" * len(names),
+        "| " + " | ".join(f"{info.dev[n]:.4f}" for n in names) + " |",
+    ]
+    return "\n".join(rows) + "\n"
+
+
+def model_card(info: RunInfo, directory: Path) -> str:
+    cfg = info.config
+    model, data = cfg["model"], cfg["dataset"]
+    custom_code = _custom_code(directory)
+    trust = ", trust_remote_code=True" if custom_code else ""
+    pooling = model.get("pooling", "cls")
+    cols = data["columns"]
+    single = cols.get("text_b") is None  # a single-sentence task (columns.text_b=null)
+    first, second = "蚂蚁借呗等额还款可以换成先息后本吗", "借呗有先息到期还本吗"
+    texts = f'"{first}"' if single else f'"{first}" "{second}"'
+    text_args = f'["{first}"]' if single else f'["{first}"], ["{second}"]'
+    columns = f"`{cols['text_a']}`" if single else f"`{cols['text_a']}` and `{cols['text_b']}`"
+    overrides = " ".join(info.overrides) if info.overrides else "(none: the run's defaults)"
+    labels = ", ".join(f"{i}: {raw!r}" for raw, i in sorted(data["label_map"].items(), key=lambda kv: kv[1]))
+    why_trust = (
+        f"The architecture ({pooling} pooling) is not one transformers ships: `modeling_afqmc.py` beside the "
+        "weights defines it, and `config.json` names it, so it loads only with `trust_remote_code=True` (read the "
+        "file first: it is short). Without it the load fails rather than build a different model.\n"
+        if custom_code
+        else "It is a plain `BertForSequenceClassification` (BERT's pooler over [CLS], dropout, a linear head).\n"
+    )
+    return f"""---
+{_metadata(info, custom_code)}---
+
+# {data["task"]}: a {"sentence" if single else "sentence-pair"} classifier
+
+Fine-tuned with afqmc from `{model["checkpoint"]}` on `{data["task"]}` (`{data["root"]}`, {data["format"]}:
+{columns}, label `{cols.get("label")}`). Model `{model["name"]}`, {pooling} pooling; classes {labels}.
+
+## Dev metrics
+
+{_metrics_table(info)}
+## Training
+
+Started with the overrides: `{overrides}`. `run_config.yaml` holds the whole resolved config: optimizer,
+schedule, batch size, epochs, seed.
+
+## Use it
+
+{why_trust}
+```python
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+model = AutoModelForSequenceClassification.from_pretrained("THIS_DIR"{trust}).eval()
+tokenizer = AutoTokenizer.from_pretrained("THIS_DIR"{trust})
+batch = tokenizer({text_args}, truncation=True, max_length={data["max_length"]}, return_tensors="pt")
+with torch.no_grad():
+    probabilities = model(**batch).logits.softmax(-1)
+print(model.config.id2label[probabilities.argmax(-1).item()], probabilities.max().item())
+```
+
+(`THIS_DIR`: this directory, or its Hub repository's name.) With afqmc, which reads any file format
+the training did, with this run's columns, and prints metrics when the file has labels:
+
+```bash
+python -m afqmc.predict THIS_DIR {texts}
+python -m afqmc.predict THIS_DIR --file pairs.jsonl --output predictions.jsonl
+```
+"""

@@ -1,0 +1,123 @@
+"""Score a finished run's checkpoint on a labelled split.
+
+    python -m afqmc.evaluate RUN [--checkpoint best|last] [--split dev|test] [key=value ...]
+
+The config is the run's own (RUN/.hydra/config.yaml) with the overrides given, e.g. another
+dataset.root, or another corpus's dataset.format, dataset.columns.* and dataset.label_map; it is
+checked as training checks it. The split is scored by the run's trainer (its evaluate()), the metrics
+printed and written, with the checkpoint and the overrides that differ from the run, to
+RUN/eval/<split>_<time>.json. A test split is scored when its lines have labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from .checkpoint import BEST, LAST, config_snapshot, recover, write_json
+from .errors import AfqmcError, ConfigError, ModelLoadError
+
+log = logging.getLogger("afqmc.evaluate")
+CHECKPOINTS = {"best": BEST, "last": LAST}
+GROUPS = ("dataset", "model", "optimizer", "scheduler", "trainer")
+
+
+def compose_run(run_dir: Path, overrides: list[str]) -> DictConfig:
+    """The run's config with `overrides` applied by Hydra, as run.py would apply them."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import CompactHydraException
+
+    from .schema import compose_error
+
+    config = run_dir / ".hydra" / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory: it has no .hydra/config.yaml")
+    for override in overrides:
+        if override.partition("=")[0].lstrip("+~") in GROUPS:  # the saved config has no groups to choose from
+            raise ConfigError(
+                f"{override}: afqmc.evaluate overrides keys of the run's config (e.g. dataset.root=DIR), "
+                "not a whole config group"
+            )
+    try:
+        with initialize_config_dir(config_dir=str(config.parent.resolve()), version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+    except CompactHydraException as e:
+        raise ConfigError(compose_error(e)) from None
+
+
+def changed_keys(run: DictConfig, now: DictConfig) -> dict:
+    """{key: {"run": value, "now": value}} for each key whose value the overrides changed."""
+    before, after = config_snapshot(run), config_snapshot(now)
+    keys = sorted(before.keys() | after.keys())
+    return {k: {"run": before.get(k), "now": after.get(k)} for k in keys if before.get(k) != after.get(k)}
+
+
+def evaluate_run(run_dir: Path, which: str = "best", split: str = "dev", overrides: list[str] = ()) -> Path:
+    """Scores RUN/checkpoints/<which> on `split`; returns the JSON file written into RUN/eval/."""
+    from .registry import TRAINERS
+    from .schema import check_config
+
+    run_dir = Path(run_dir)
+    cfg = compose_run(run_dir, list(overrides))
+    changed = changed_keys(compose_run(run_dir, []), cfg)
+    path = run_dir / CHECKPOINTS[which]
+    recover(path)  # put back a copy a kill left aside mid-swap
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path}: no checkpoint there (the run saved none, or it was moved)")
+    if not cfg.dataset.splits.get(split):
+        raise ConfigError(f"dataset.splits.{split} is null: no {split} split to score; set it to the file's name")
+    cfg.model.checkpoint = str(path)  # what is scored: dataset.max_length is checked against it
+    check_config(cfg)
+    trainer = TRAINERS.get(cfg.trainer.name)(cfg, run_dir)
+    trainer.setup_evaluation(path, split)
+    metrics = trainer.evaluate(split, show=True)
+    out = _free(run_dir / "eval" / f"{split}_{time.strftime('%Y-%m-%d_%H-%M-%S')}.json")
+    record = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "split": split,
+        "file": str(Path(cfg.dataset.root) / cfg.dataset.splits[split]),
+        "checkpoint": str(path.resolve()),
+        "metrics": metrics,
+        "overrides": changed,
+    }
+    write_json(out, record)
+    for name, value in metrics.items():
+        print(f"{name} {value:.4f}")
+    return out
+
+
+def _free(path: Path) -> Path:
+    """`path`, or path_2, path_3 ... when an evaluation in the same second took it."""
+    n, free = 1, path
+    while free.exists():
+        n += 1
+        free = path.with_name(f"{path.stem}_{n}{path.suffix}")
+    return free
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m afqmc.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("run", type=Path, help="a run directory (holding .hydra/ and checkpoints/)")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides of the run's config")
+    ap.add_argument("--checkpoint", choices=tuple(CHECKPOINTS), default="best")
+    ap.add_argument("--split", choices=("dev", "test"), default="dev")
+    args = ap.parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    try:
+        out = evaluate_run(args.run, args.checkpoint, args.split, args.overrides)
+    except AfqmcError as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)  # one line, as run.py: the message says what to fix
+        return 1
+    print(f"written {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
