@@ -519,13 +519,14 @@ class Trainer:
 
     def _run_info(self) -> RunInfo:
         """For a checkpoint of the weights as they are now: the dev metrics when they were scored."""
-        epoch, step, dev = self.scored if self.scored and self.scored[1] == self.state.step else (None, None, None)
+        epoch, step, dev = self.scored or (None, None, None)
+        scored = step == self.state.step
         return RunInfo(
             config=OmegaConf.to_container(self.cfg, resolve=True),
             overrides=run_overrides(self.out),
-            dev=dev,
-            epoch=epoch,
-            step=self.state.step if step is None else step,
+            dev=dev if scored else None,
+            epoch=epoch if scored else None,
+            step=self.state.step,
         )
 
     def _load_last(self) -> TrainState:
