@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import CARD
-from .runs import OVERRIDES
+from .runs import OVERRIDES, read_overrides
 
 RUN_CONFIG = "run_config.yaml"
 METRIC_NAMES = {
@@ -50,7 +50,7 @@ class RunInfo:
 def run_overrides(run_dir: Path) -> list[str]:
     """The overrides Hydra recorded for the run ([] for a run started without Hydra)."""
     path = Path(run_dir) / OVERRIDES
-    return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+    return read_overrides(path) if path.is_file() else []
 
 
 def load_run_config(checkpoint_dir: Path) -> DictConfig | None:

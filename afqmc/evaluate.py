@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from .checkpoint import BEST, LAST, config_snapshot, recover, write_json
 from .errors import AfqmcError, ConfigError, ModelLoadError
+from .runs import CONFIG
 
 log = logging.getLogger("afqmc.evaluate")
 CHECKPOINTS = {"best": BEST, "last": LAST}
@@ -34,7 +35,7 @@ def compose_run(run_dir: Path, overrides: list[str]) -> DictConfig:
 
     from .schema import compose_error
 
-    config = run_dir / ".hydra" / "config.yaml"
+    config = run_dir / CONFIG
     if not config.is_file():
         raise ConfigError(f"{run_dir} is not a run directory: it has no .hydra/config.yaml")
     for override in overrides:

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 import afqmc
 from afqmc import checkpoint, evaluate, predict
 from afqmc.card import RunInfo, model_card
+from afqmc.errors import CheckpointError
 
 from .conftest import ENV, compose_cfg, read_jsonl, summary, write_jsonl
 from .test_train import product_pairs
@@ -367,3 +368,14 @@ def test_writing_a_checkpoint_needs_no_network(tiny_bert_dir, tmp_path, monkeypa
     info = RunInfo(config=OmegaConf.to_container(cfg, resolve=True), overrides=["x=1"], dev={"accuracy": 0.5}, epoch=1)
     checkpoint.save(tmp_path / "best", "bert_pair_cls", model, tokenizer, run=info)
     assert (tmp_path / "best" / "README.md").is_file()
+
+
+def test_an_edited_model_card_leaves_the_checkpoint_loadable(trained, tmp_path):
+    """checkpoint.json has every file's sha256 but the model card's: people edit it before they share."""
+    path = tmp_path / "best"
+    shutil.copytree(best(trained("cls")), path)
+    (path / "README.md").write_text("---\nlicense: mit\n---\n# mine\n")
+    checkpoint.load_model(path)
+    (path / "run_config.yaml").write_text("edited: true\n")
+    with pytest.raises(CheckpointError, match="run_config.yaml: its content differs"):
+        checkpoint.load_model(path)
