@@ -12,7 +12,7 @@ import afqmc
 from afqmc.checkpoint import load_model
 from afqmc.trainer_config import build_trainer
 
-from .conftest import ROOT, SMOKE_PAIRS, compose_cfg, run_py, write_jsonl
+from .conftest import ENV, ROOT, SMOKE_PAIRS, compose_cfg, run_py, write_jsonl
 
 PRODUCTS = ["余额宝", "信用卡", "网商贷", "支付宝"]  # one length: pair length says nothing of the label
 
@@ -120,6 +120,14 @@ def test_smoke_run_writes_every_output(tmp_path, model):
         cwd=ROOT,
     )
     assert pred.returncode == 0 and pred.stdout.startswith("label "), pred.stderr
+    # afqmc.evaluate on the run as Hydra recorded it: the dev metrics the run reported, a model card beside
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "afqmc.evaluate", str(out)], capture_output=True, text=True, cwd=ROOT, env=ENV
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    (record,) = [json.loads(p.read_text()) for p in (out / "eval").glob("dev_*.json")]
+    assert record["metrics"] == pytest.approx(summary["dev"], abs=1e-6) and record["overrides"] == {}
+    assert "trainer.epochs=2" in (out / "checkpoints" / "best" / "README.md").read_text()
 
 
 @pytest.mark.slow
