@@ -19,7 +19,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import BertForSequenceClassification, BertModel
+from transformers import BertConfig, BertForSequenceClassification, BertModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from . import modeling_afqmc
@@ -33,14 +33,19 @@ WEIGHTS = "model.safetensors"  # tensors only: loading them runs no code
 
 def afqmc_config(values: dict, pooling: str) -> AfqmcBertConfig:
     """BertForPairwiseCLS's config from a BERT config's values (with the head's labels and dropout)."""
-    values = {k: v for k, v in values.items() if k not in ("model_type", "auto_map")}
-    return AfqmcBertConfig.from_dict({**values, "pooling": pooling})
+    return AfqmcBertConfig.from_dict({**_bert_values(values), "pooling": pooling})
+
+
+def _bert_values(values: dict) -> dict:
+    """A config's values but what names its class: a config read from an afqmc_bert checkpoint may become a
+    plain BERT one (pooling=pooler), and the other way round."""
+    return {k: v for k, v in values.items() if k not in ("model_type", "auto_map")}
 
 
 def build_classifier(config, pooling: str, checkpoint: str | None = None, **where):
     """model.pooling's classifier for a BERT `config`, with the weights of `checkpoint` (None: at random)."""
-    if pooling == "pooler":
-        config.pooling = pooling  # (read back by load_classifier; transformers ignores it)
+    if pooling == "pooler":  # pooling: read back by load_classifier; transformers ignores it
+        config = BertConfig.from_dict({**_bert_values(config.to_dict()), "pooling": pooling})
         cls = BertForSequenceClassification
     else:
         config, cls = afqmc_config(config.to_dict(), pooling), BertForPairwiseCLS
@@ -59,6 +64,13 @@ def build_classifier(config, pooling: str, checkpoint: str | None = None, **wher
         )
     if mismatched:
         log.warning("model.checkpoint has a head for other labels: a new head for %d labels", config.num_labels)
+    if pooling == "pooler" and any(key.startswith("bert.pooler.") for key in loaded["missing_keys"]):
+        log.warning(
+            "model.checkpoint=%s has no pooler weights: model.pooling=pooler starts from a random pooler, "
+            "which trained worst of the three poolings where we measured it (README, Pooling); "
+            "model.pooling=cls or mean is likely better here",
+            checkpoint,
+        )
     return model
 
 

@@ -167,19 +167,35 @@ def test_pooler_is_the_pretrained_pooler(trained, tiny_bert_dir):
     assert torch.allclose(model.bert.pooler(hidden), pooled)
 
 
-def test_own_checkpoint_as_a_base_runs_none_of_its_files(trained, tmp_path):
+@pytest.mark.parametrize("pooling", ["mean", "pooler"])
+def test_own_checkpoint_as_a_base_runs_none_of_its_files(trained, tmp_path, pooling):
     """model.checkpoint=RUN/checkpoints/best fine-tunes further with afqmc's installed code: the modeling file
-    beside the weights, meant for transformers users, is never imported (here it would leave a mark)."""
+    beside the weights, meant for transformers users, is never imported (here it would leave a mark). With
+    pooling=pooler the new model is a plain BERT classifier again: nothing of afqmc_bert in its config."""
     from afqmc.model import build_pair_cls
 
     base = tmp_path / "base"
     shutil.copytree(best(trained("mean")), base)
     (base / "modeling_afqmc.py").write_text(f"open({str(tmp_path / 'RAN')!r}, 'w').close()\n")
-    cfg = compose_cfg([f"model.checkpoint={base}", "model.pooling=mean"]).model
+    cfg = compose_cfg([f"model.checkpoint={base}", f"model.pooling={pooling}"]).model
     model, _ = build_pair_cls(cfg, ["0", "1"])
     saved = checkpoint.load_model(best(trained("mean")))
-    assert torch.equal(model.classifier.weight, saved.classifier.weight) and model.pooling == "mean"
+    assert torch.equal(model.classifier.weight, saved.classifier.weight)
+    values = model.config.to_dict()
+    assert (values["model_type"], "auto_map" in values) == (
+        ("afqmc_bert", True) if pooling == "mean" else ("bert", False)
+    )
     assert not (tmp_path / "RAN").exists()
+
+
+def test_a_pooler_without_pretrained_weights_is_named(tiny_bert_dir, trained, caplog):
+    """A checkpoint without pooler weights (e5, a random tiny BERT) gets a random pooler: the log says so."""
+    from afqmc.model import build_pair_cls
+
+    for path, warned in ((tiny_bert_dir, True), (best(trained("pooler")), False)):
+        caplog.clear()
+        build_pair_cls(compose_cfg([f"model.checkpoint={path}", "model.pooling=pooler"]).model, ["0", "1"])
+        assert ("has no pooler weights" in caplog.text) == warned, path
 
 
 @pytest.mark.parametrize("where", ["config.json", "tokenizer_config.json"])
