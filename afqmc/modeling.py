@@ -66,9 +66,9 @@ def build_classifier(config, pooling: str, checkpoint: str | None = None, **wher
         log.warning("model.checkpoint has a head for other labels: a new head for %d labels", config.num_labels)
     if pooling == "pooler" and any(key.startswith("bert.pooler.") for key in loaded["missing_keys"]):
         log.warning(
-            "model.checkpoint=%s has no pooler weights: model.pooling=pooler starts from a random pooler, "
-            "which trained worst of the three poolings where we measured it (README, Pooling); "
-            "model.pooling=cls or mean is likely better here",
+            "model.checkpoint=%s has no pooler weights: model.pooling=pooler starts from a random pooler "
+            "(dense + tanh), trained with the head; model.pooling=mean or cls uses the encoder as it was "
+            "pretrained (README, Pooling)",
             checkpoint,
         )
     return model

@@ -108,6 +108,18 @@ def test_pooler_checkpoint_is_a_plain_bert_classifier(trained):
     assert (logits - predict.Predictor(path).logits(PAIRS)).abs().max() < 1e-5
 
 
+def test_the_default_model_is_shared_without_custom_code(tiny_bert_dir, tmp_path):
+    """conf/model/bert_cls.yaml's default pooling (pooler): its checkpoints need no trust_remote_code."""
+    from afqmc.model import build_pair_cls
+
+    cfg = compose_cfg([f"model.checkpoint={tiny_bert_dir}"])
+    model, tokenizer = build_pair_cls(cfg.model, ["0", "1"])
+    checkpoint.save(tmp_path / "best", cfg.model.name, model, tokenizer)
+    assert type(transformers_logits(tmp_path / "best", trust_remote_code=False)[0]).__name__ == (
+        "BertForSequenceClassification"
+    )
+
+
 @pytest.mark.parametrize("variant", ["cls", "mean", "module"])
 def test_other_checkpoints_carry_their_architecture(trained, tmp_path, monkeypatch, variant):
     """cls and mean pooling, and bert_pair_module (a [CLS] head): the modeling file beside the weights builds
