@@ -69,7 +69,8 @@ def evaluate_run(run_dir: Path, which: str = "best", split: str = "dev", overrid
     path = run_dir / CHECKPOINTS[which]
     recover(path)  # put back a copy a kill left aside mid-swap
     if not (path / "config.json").is_file():
-        raise ModelLoadError(f"{path}: no checkpoint there (the run saved none, or it was moved)")
+        kept = " (a completed run keeps it only with trainer.keep_last=always)" if which == "last" else ""
+        raise ModelLoadError(f"{path}: no checkpoint there: the run saved none{kept}, or it was moved")
     if not cfg.dataset.splits.get(split):
         raise ConfigError(f"dataset.splits.{split} is null: no {split} split to score; set it to the file's name")
     cfg.model.checkpoint = str(path)  # what is scored: dataset.max_length is checked against it

@@ -72,6 +72,7 @@ def trained(tmp_path_factory, tiny_bert_dir, data_dir):
                 "trainer.epochs=2",
                 "trainer.batch_size=8",
                 "trainer.predict=false",
+                "trainer.keep_last=always",  # checkpoints/last is scored and read too
                 *extra,
             ]
             cfg = compose_cfg(overrides)
@@ -304,6 +305,8 @@ def test_evaluate_needs_a_run_with_a_checkpoint(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(
         f"ModelLoadError: {tmp_path / 'checkpoints' / 'best'}: no checkpoint there"
     )
+    assert evaluate.main([str(tmp_path), "--checkpoint", "last"]) == 1
+    assert "keeps it only with trainer.keep_last=always" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- afqmc.predict --file
