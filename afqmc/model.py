@@ -25,6 +25,9 @@ MODULE_KEYS = {  # conf/model/bert_pair_module.yaml, checked before anything loa
     "dropout": Key(float, null=True, min=0, below=1),
     "do_lower_case": Key(bool, null=True),
     "trust_remote_code": Key(bool),
+    # its head reads the [CLS] vector; the key is there so that a recipe setting model.pooling=cls
+    # (experiment=smoke) composes with either model
+    "pooling": Key(str, choices=("cls",)),
 }
 MODEL_KEYS = {**MODULE_KEYS, "pooling": Key(str, choices=POOLINGS)}  # conf/model/bert_cls.yaml
 

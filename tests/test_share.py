@@ -410,3 +410,17 @@ def test_an_edited_model_card_leaves_the_checkpoint_loadable(trained, tmp_path):
     (path / "run_config.yaml").write_text("edited: true\n")
     with pytest.raises(CheckpointError, match="run_config.yaml: its content differs"):
         checkpoint.load_model(path)
+
+
+def test_smoke_sets_cls_pooling_for_either_model():
+    """experiment=smoke (a random tiny BERT, no pooler to build on) sets model.pooling=cls, which
+    bert_pair_module, a [CLS] head, accepts as its only value."""
+    from afqmc.errors import ConfigError
+    from afqmc.schema import check_config
+
+    for model in ("bert_cls", "bert_pair_module"):
+        cfg = compose_cfg(["experiment=smoke", f"model={model}"])
+        check_config(cfg)
+        assert cfg.model.pooling == "cls"
+    with pytest.raises(ConfigError, match=r"model.pooling='mean' is invalid; expected one of 'cls'$"):
+        check_config(compose_cfg(["model=bert_pair_module", "model.pooling=mean", "model.checkpoint=x"]))
