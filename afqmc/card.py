@@ -97,6 +97,10 @@ def _metadata(info: RunInfo, custom_code: bool) -> str:
 
 
 def _metrics_table(info: RunInfo) -> str:
+    if not info.config["dataset"]["splits"].get("dev"):
+        return (
+            f"The run had no dev split (`dataset.splits.dev=null`): these weights (step {info.step}) were not scored.\n"
+        )
     if not info.dev:
         return (
             f"These weights (step {info.step}) were saved between two evaluations and have not been scored on dev; "

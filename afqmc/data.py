@@ -408,7 +408,7 @@ DATASET_KEYS = {  # conf/dataset/afqmc.yaml, checked before anything loads (afqm
     "format": Key(str, choices=tuple(FORMATS)),
     "header": Key(bool),
     "quoting": Key(str, null=True, choices=QUOTINGS),
-    "splits": Key(dict, keys={"train": Key(str), "dev": Key(str), "test": Key(str, null=True)}),
+    "splits": Key(dict, keys={"train": Key(str), "dev": Key(str, null=True), "test": Key(str, null=True)}),
     "columns": Key(
         dict,
         keys={
@@ -550,7 +550,7 @@ def ensure_downloaded(cfg, split: str | None = None) -> None:
         except (urllib.error.URLError, OSError) as e:
             raise DataError(
                 f"could not download {url} ({e}). Put {', '.join(missing)} in {root.resolve()} "
-                f"or pass dataset.root=DIR (a directory holding {', '.join(cfg.splits.values())})"
+                f"or pass dataset.root=DIR (a directory holding {', '.join(n for n in cfg.splits.values() if n)})"
             ) from None
         _extract_checked(archive, missing, root, cfg.download.sha256 or {}, url)
 

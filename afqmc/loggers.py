@@ -101,7 +101,8 @@ class TensorBoard:
     def end(self, summary: dict | None, status: str) -> None:
         if summary is not None:
             best, step = summary["best"], summary["train"]["steps"]
-            self.writer.add_scalar(self.best_tag, best["value"], best["step"])
+            if best["value"] is not None:  # (None: no dev split, the best is the last)
+                self.writer.add_scalar(self.best_tag, best["value"], best["step"])
             for tag, value in _numbers(summary, "summary/").items():
                 self.writer.add_scalar(tag, value, step)
             self.writer.add_text("summary", _code(json.dumps(summary, indent=2, ensure_ascii=False)), step)
@@ -169,7 +170,8 @@ class MLflow:
     def end(self, summary: dict | None, status: str) -> None:
         if summary is not None:
             best = summary["best"]
-            self.log({f"best/{best['metric']}": best["value"]}, best["step"])
+            if best["value"] is not None:  # (None: no dev split, the best is the last)
+                self.log({f"best/{best['metric']}": best["value"]}, best["step"])
             self.log(_numbers(summary, "summary/"), summary["train"]["steps"])
             self.client.log_dict(self.id, summary, "summary.json")
         self.client.set_terminated(self.id, self.STATUS[status])

@@ -218,14 +218,9 @@ def build_pair_cls(cfg, label_names: list[str]):
     load=_modeling("load_module"),
 )
 def build_pair_module(cfg, label_names: list[str]):
-    from transformers import BertModel
-
-    from .modeling import BertPairModule
+    from .modeling import BertPairModule, load_encoder
 
     def make(config, where):
-        bert = None
-        if cfg.pretrained:
-            bert = BertModel.from_pretrained(cfg.checkpoint, config=config, add_pooling_layer=False, **where)
-        return BertPairModule(config, bert)
+        return BertPairModule(config, load_encoder(cfg.checkpoint, config, **where) if cfg.pretrained else None)
 
     return _build(cfg, label_names, make)

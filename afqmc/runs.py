@@ -33,6 +33,7 @@ RECORD = Path(".hydra")
 OVERRIDES = RECORD / "overrides.yaml"
 CONFIG = RECORD / "config.yaml"
 LOCK = ".lock"
+NO_DEV = "no dev split (dataset.splits.dev=null): the best checkpoint is the last"  # summary.json's best.note
 RUN_FILES = (SUMMARY, "metrics.jsonl", "checkpoints", "predictions")  # what a run leaves besides its record and log
 KEEP_ON_OVERWRITE = {RECORD.name, LOCK, "run.log"}
 
@@ -53,10 +54,9 @@ def outcome(run_dir: Path) -> str:
     summary, _ = read_summary(run_dir)
     best = summary.get("best") or {}
     where = f"epoch {best.get('epoch')}" + (f", step {best['step']}" if best.get("step") is not None else "")
-    return (
-        f"best {best.get('metric')} {best.get('value', float('nan')):.4f} ({where}), "
-        f"predictions: {summary.get('predictions') or 'none'}"
-    )
+    value = best.get("value")
+    said = f"{NO_DEV} ({where})" if value is None else f"best {best.get('metric')} {value:.4f} ({where})"
+    return f"{said}, predictions: {summary.get('predictions') or 'none'}"
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -346,7 +346,7 @@ def read_summary(path: Path) -> tuple[dict, str]:
         return {}, f"unreadable {SUMMARY}: expected a JSON object, got {type(summary).__name__}"
     if summary.get("status") == "completed":
         best = summary.get("best")
-        if not (isinstance(best, dict) and isinstance(best.get("value"), (int, float))):
+        if not (isinstance(best, dict) and (isinstance(best.get("value"), (int, float)) or best.get("note") == NO_DEV)):
             return summary, f"{SUMMARY} says completed but has no best value"
         return summary, ""
     error = summary.get("error")

@@ -38,7 +38,7 @@ from .metrics import classification_metrics
 from .model import load_tokenizer
 from .progress import progress
 from .registry import COLLATORS, DATASETS, MODELS, OPTIMIZERS, SCHEDULERS
-from .runs import completed_summary, resume_command
+from .runs import NO_DEV, completed_summary, outcome, resume_command
 from .sampling import TrainBatchSampler, sorted_batches, split_by_length
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,8 @@ class Trainer:
     def _setup_data(self) -> None:
         dcfg, t = self.cfg.dataset, self.tcfg
         build = DATASETS.get(dcfg.name)
-        self.train_set, self.dev_set = build(dcfg, "train"), build(dcfg, "dev")
+        self.train_set = build(dcfg, "train")
+        self.dev_set = build(dcfg, "dev") if dcfg.splits.get("dev") else None  # none: the best is the last
         self.test_set = build(dcfg, "test") if t.predict and dcfg.splits.get("test") else None
         loader = self._loader_args()
         for ds in (self.train_set, self.dev_set, self.test_set):
@@ -209,7 +210,8 @@ class Trainer:
         splits = (("train", self.train_set), ("dev", self.dev_set), ("test", self.test_set))
         self.data = {split: ds.fingerprint() for split, ds in splits if ds is not None}  # for checkpoints/last
         n_test = self.test_set.count() if self.test_set is not None else "no"
-        log.info("data: %d train, %d dev, %s test pairs", n_train, self.dev_set.count(), n_test)
+        n_dev = self.dev_set.count() if self.dev_set is not None else "no"
+        log.info("data: %d train, %s dev, %s test pairs", n_train, n_dev, n_test)
 
     def _loader_args(self) -> dict:
         """DataLoader arguments every split shares."""
@@ -263,14 +265,8 @@ class Trainer:
         if not self.built:  # (setup() may have been called already)
             self._setup_run()
             if self.tcfg.resume and (summary := completed_summary(self.out)) is not None:
-                best = summary["best"]
-                log.info(
-                    "trainer.resume=true and %s completed: skipped (best %s %.4f)",
-                    self.out,
-                    best["metric"],
-                    best["value"],
-                )
-                return best["value"]
+                log.info("trainer.resume=true and %s completed: skipped (%s)", self.out, outcome(self.out))
+                return summary["best"]["value"]
             self._setup_training()
         with self.trackers:  # a run that raises ends its trackers' runs as failed (or interrupted)
             with stop_signals() as self.stop:
@@ -293,17 +289,17 @@ class Trainer:
                 batches = islice(batches, done, None)
             self._since = time.perf_counter()  # train_seconds counts from here (_not_training)
             bar = tqdm(
-                batches,
                 desc=f"epoch {epoch}/{t.epochs}",
                 total=self.batches_per_epoch,
                 initial=done,
                 disable=not show_bar,
                 dynamic_ncols=True,
             )
-            for i, batch in enumerate(bar, start=done):
+            for i, batch in enumerate(batches, start=done):
                 batch.pop("index")
                 stepping = (i + 1) % t.grad_accum_steps == 0 or i + 1 == self.batches_per_epoch
                 loss = self._forward_backward(batch, stepping)
+                bar.update()  # (counted here, not by iterating the bar: a break would leave the last batch out)
                 s.samples += len(batch["labels"]) * dist.world_size()
                 # an exponential moving average, kept on the device: reading it each step would sync
                 running = loss.detach() if running is None else 0.9 * running + 0.1 * loss.detach()
@@ -328,10 +324,12 @@ class Trainer:
                     }
                     self._log(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
-                    if not show_bar:
-                        log.info(
-                            "epoch %d step %d/%d loss %.4f lr %.2e", epoch, s.step, self.total_steps, record["loss"], lr
-                        )
+                    # run.log gets every step line; the console gets it where no bar shows it (progress.OffTheBar)
+                    log.info(
+                        "epoch %d step %d/%d loss %.4f lr %.2e",
+                        *(epoch, s.step, self.total_steps, record["loss"], lr),
+                        extra={"bar": show_bar},
+                    )
                     self._check_finite(record["loss"], epoch, weights=False)
                 # before the Ctrl-C check and the save: checkpoints/last then holds this evaluation, so a resumed
                 # run neither repeats nor loses it
@@ -355,7 +353,9 @@ class Trainer:
             with self._not_training():
                 if running is not None:  # (None: resumed at the epoch's end, from checked weights)
                     self._check_finite(running, epoch)  # before the evaluation writes checkpoints
-                if t.eval_every_steps is None:
+                if self.dev_set is None:
+                    self._take_last_as_best(epoch)
+                elif t.eval_every_steps is None:
                     self._evaluate_dev(epoch)
                 self._save_last(epoch + 1, 0, None)
             done, running = 0, None
@@ -415,14 +415,17 @@ class Trainer:
         did not beat the best by more than min_delta. Every rank scores the same gathered logits, so all
         of them decide alike."""
         s, t = self.state, self.tcfg
-        metrics = self.evaluate("dev")
+        metrics = self.evaluate("dev", show=True)
         self.scored = (epoch, s.step, metrics)
         self._log({"type": "eval", "split": "dev", "epoch": epoch, "step": s.step, **metrics})
         at = f"epoch {epoch}" if t.eval_every_steps is None else f"epoch {epoch} step {s.step}"
         log.info("%s dev: %s", at, " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         metric, value = t.metric, metrics[t.metric]
-        # how much better than the best so far (the loss is better lower)
+        # how much better than the best so far (the loss is better lower); a difference in the last bits of
+        # a float (the same predictions summed in another order) is no improvement
         gain = math.inf if s.best is None else (value - s.best["value"]) * (-1 if metric == "loss" else 1)
+        if s.best is not None and math.isclose(value, s.best["value"], rel_tol=1e-9, abs_tol=1e-12):
+            gain = 0.0
         if gain > 0:
             s.best = {"epoch": epoch, "step": s.step, "metric": metric, "value": value}
             s.best_dev, s.best_step = metrics, s.step
@@ -443,6 +446,15 @@ class Trainer:
                     t.early_stopping.min_delta,
                     patience,
                 )
+
+    def _take_last_as_best(self, epoch: int) -> None:
+        """No dev split: the model at the end of each epoch is the best, as summary.json says."""
+        s = self.state
+        s.best = {"epoch": epoch, "step": s.step, "metric": None, "value": None, "note": NO_DEV}
+        s.best_dev, s.best_step = None, s.step
+        if dist.is_main() and self.tcfg.save_best:
+            checkpoint.save(self.out / BEST, self.cfg.model.name, self.model, self.tokenizer, run=self._run_info())
+        log.info("no dev split: checkpoints/best is the model at the end of epoch %d", epoch)
 
     def _forward_all(self, split: str, show: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(dataset indices, logits, labels or None) for a whole split, in dataset order; `show`: its progress."""
@@ -473,7 +485,7 @@ class Trainer:
     def predict(self) -> Path | None:
         """CLUE's submission format: one {"id": ..., "label": raw label} per test line, in file order.
         Returns the file's path on rank 0, None on the other ranks (which write nothing)."""
-        indices, logits, _ = self._forward_all("test")
+        indices, logits, _ = self._forward_all("test", show=True)
         if not dist.is_main():
             return None
         path = self.out / "predictions" / f"{self.cfg.dataset.task}_predict.json"
@@ -571,11 +583,13 @@ class Trainer:
         trainer.keep_last=until_done, delete checkpoints/last (summary.json first: a resumed run then skips it)."""
         s, t = self.state, self.tcfg
         dev = s.best_dev  # save_best=false: the best evaluation's figures, as metrics.jsonl has them
-        if t.save_best and s.best_step != s.step:  # the model moved on since the best evaluation: score the saved best
+        if (
+            self.dev_set is not None and t.save_best and s.best_step != s.step
+        ):  # the model moved on since the best evaluation: score the saved best
             if dist.is_main():
                 self.model.load_state_dict(checkpoint.load_model(self.out / BEST).state_dict())
             dist.broadcast_module(self.model)
-            dev = self.evaluate("dev")
+            dev = self.evaluate("dev", show=True)
         predictions = self.predict() if self.test_set is not None else None
         if not dist.is_main():
             return s.best["value"]
@@ -607,14 +621,15 @@ class Trainer:
         if t.keep_last == "until_done":
             checkpoint.delete(self.out / LAST)
         self.trackers.finish(summary)
-        log.info(
-            "best %s %.4f (epoch %d, step %d); dev with best checkpoint: %s",
-            s.best["metric"],
-            s.best["value"],
-            s.best["epoch"],
-            s.best["step"],
-            " ".join(f"{k} {v:.4f}" for k, v in dev.items()),
-        )
+        if dev is not None:
+            log.info(
+                "best %s %.4f (epoch %d, step %d); dev with best checkpoint: %s",
+                s.best["metric"],
+                s.best["value"],
+                s.best["epoch"],
+                s.best["step"],
+                " ".join(f"{k} {v:.4f}" for k, v in dev.items()),
+            )
         self.metrics.close()
         return s.best["value"]
 

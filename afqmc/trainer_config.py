@@ -65,9 +65,26 @@ def predictions_need_the_best(cfg) -> None:
         )
 
 
+def evaluations_need_a_dev_split(cfg) -> None:
+    """Without a dev split (dataset.splits.dev=null) the best checkpoint is the last: nothing to score
+    every N steps, nothing for early stopping to watch."""
+    t = cfg.trainer
+    if cfg.dataset.splits.get("dev") is None:
+        for key, value in (
+            ("eval_every_steps", t.eval_every_steps),
+            ("early_stopping.patience", t.early_stopping.patience),
+        ):
+            if value is not None:
+                raise ConfigError(
+                    f"trainer.{key}={value} needs a dev split, and dataset.splits.dev=null; "
+                    f"allowed without one: trainer.{key}=null"
+                )
+
+
 def check_trainer(cfg) -> None:
     metric_fits_labels(cfg)
     predictions_need_the_best(cfg)
+    evaluations_need_a_dev_split(cfg)
 
 
 @TRAINERS.register("default", schema=TRAINER_KEYS, check=check_trainer)

@@ -273,6 +273,11 @@ def test_download_offline_says_where_to_put_files(tmp_path):
         match=r"could not download .*Put train.json, dev.json, test.json in .*nowhere or pass dataset.root=DIR",
     ):
         ensure_downloaded(cfg)
+    cfg.splits.dev = None  # a run without a dev split: the message names the files it needs
+    with pytest.raises(
+        DataError, match=r"Put train.json, test.json in .*\(a directory holding train.json, test.json\)"
+    ):
+        ensure_downloaded(cfg)
 
 
 JSON = st.recursive(

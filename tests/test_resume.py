@@ -76,10 +76,6 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, model):
 
     first = kill_mid_epoch(start_run(*args, f"hydra.run.dir={killed}"), killed, epoch=1)
 
-    # another config would be another run: refused, naming what differs
-    proc = run_py(*args, "optimizer.lr=1e-3", "trainer.resume=true", f"hydra.run.dir={killed}")
-    assert proc.returncode == 1 and "optimizer.lr: 0.002 -> 0.001" in proc.stdout + proc.stderr
-
     # killed again once resumed, in epoch 2 (whose start it may have reached before or after the first kill)
     resumed = start_run(*args, "trainer.resume=true", f"hydra.run.dir={killed}")
     second = kill_mid_epoch(resumed, killed, epoch=2, after_step=first.step)
