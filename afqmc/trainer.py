@@ -583,9 +583,8 @@ class Trainer:
         trainer.keep_last=until_done, delete checkpoints/last (summary.json first: a resumed run then skips it)."""
         s, t = self.state, self.tcfg
         dev = s.best_dev  # save_best=false: the best evaluation's figures, as metrics.jsonl has them
-        if (
-            self.dev_set is not None and t.save_best and s.best_step != s.step
-        ):  # the model moved on since the best evaluation: score the saved best
+        # the model moved on since the best evaluation: score the saved best
+        if self.dev_set is not None and t.save_best and s.best_step != s.step:
             if dist.is_main():
                 self.model.load_state_dict(checkpoint.load_model(self.out / BEST).state_dict())
             dist.broadcast_module(self.model)
