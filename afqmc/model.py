@@ -50,12 +50,10 @@ def _resolve(checkpoint: str) -> dict:
 
     Without this, an offline hub name spends ~25 s in download retries before a generic error.
     """
-    from transformers import PretrainedConfig
-
     if Path(checkpoint).is_dir():
         return {}
     try:
-        PretrainedConfig.get_config_dict(checkpoint, local_files_only=True)  # the JSON alone: no code runs
+        _hub_config(checkpoint, local_files_only=True)
         return {"local_files_only": True}  # in the Hugging Face cache: no network needed
     except (OSError, ValueError):
         pass
@@ -66,6 +64,19 @@ def _resolve(checkpoint: str) -> dict:
             "config.json, the weights and the tokenizer files."
         )
     return {}
+
+
+def _hub_config(checkpoint: str, local_files_only: bool = False) -> dict:
+    """A hub model's config.json, cached or fetched alone and read as JSON: none of its code runs, and the
+    config check imports neither transformers nor torch (seconds on a small machine)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        path = hf_hub_download(checkpoint, "config.json", local_files_only=local_files_only)
+    except EntryNotFoundError as e:  # (not an OSError in huggingface_hub 2, unlike its other errors)
+        raise OSError(f"no config.json for {checkpoint!r} ({e})") from None
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def _custom_code_refused(checkpoint: str, files: tuple[str, ...] = ()) -> ModelLoadError:
@@ -122,11 +133,9 @@ def max_positions(cfg) -> int | None:
             raise ModelLoadError(f"model.checkpoint={cfg.checkpoint!r}: cannot read {path} ({e})") from None
         limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
     else:
-        from transformers import PretrainedConfig
-
         where = _resolve(cfg.checkpoint)
         with _loading(cfg.checkpoint):
-            config, _ = PretrainedConfig.get_config_dict(cfg.checkpoint, **where)  # the JSON alone: no code runs
+            config = _hub_config(cfg.checkpoint, **where)
         limit = config.get("max_position_embeddings")
     return limit if isinstance(limit, int) else None
 

@@ -57,6 +57,16 @@ def start_run(*args, cwd=ROOT, **popen):
     return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, **popen)
 
 
+def hub_cache(root: Path, name: str, config: dict) -> Path:
+    """A Hugging Face hub cache (HF_HUB_CACHE) holding `name`'s config.json alone, as a download leaves it."""
+    snapshot = root / f"models--{name.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps(config))
+    (root / f"models--{name.replace('/', '--')}" / "refs").mkdir()
+    (root / f"models--{name.replace('/', '--')}" / "refs" / "main").write_text("0" * 40)
+    return root
+
+
 def records(run_dir: Path) -> list[dict]:
     """metrics.jsonl without the wall-clock times."""
     return [{k: v for k, v in r.items() if k != "time"} for r in read_jsonl(run_dir / "metrics.jsonl")]

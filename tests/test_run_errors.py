@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from .conftest import ROOT, run_py
+from .conftest import ENV, ROOT, hub_cache, run_py
 
 
 @pytest.mark.parametrize(
@@ -78,13 +78,18 @@ def test_a_bad_config_is_reported_whole_within_seconds_and_leaves_no_run_directo
     assert not (tmp_path / "run").exists()
 
 
-def test_the_config_check_loads_neither_torch_nor_transformers():
+@pytest.mark.parametrize("model", ["experiment=smoke", "model.checkpoint=some-org/bert"])
+def test_the_config_check_loads_neither_torch_nor_transformers(tmp_path, model):
+    """A local checkpoint directory, or a hub name (the default, bert-base-chinese, is one) whose config.json
+    is in the Hugging Face cache."""
     code = (
         "import sys; from tests.conftest import compose_cfg; from afqmc.schema import check_config; "
-        "check_config(compose_cfg(['experiment=smoke'])); "
+        f"check_config(compose_cfg([{model!r}])); "
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    cache = hub_cache(tmp_path, "some-org/bert", {"model_type": "bert", "max_position_embeddings": 512})
+    env = {**ENV, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 

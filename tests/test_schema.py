@@ -10,7 +10,7 @@ from afqmc.errors import ConfigError
 from afqmc.registry import LOGGERS, OPTIMIZERS, Component
 from afqmc.schema import Key, check_config, compose_error
 
-from .conftest import CONF, compose_cfg
+from .conftest import CONF, compose_cfg, hub_cache
 
 OPTIONS = [
     (group, f.stem)
@@ -188,27 +188,19 @@ def test_max_length_within_a_local_checkpoints_positions(local_bert):
         checked(local_bert, "dataset.max_length=65")
 
 
-def test_max_length_of_a_hub_model_checked_from_its_config_alone(monkeypatch):
+def test_max_length_of_a_hub_model_checked_from_its_config_alone(tmp_path, monkeypatch):
     """A hub name's limit comes from its config.json, fetched or cached alone, before any weights, and read
     as JSON: no code of the checkpoint runs, whatever its model type."""
-    from transformers import PretrainedConfig
+    from huggingface_hub import constants
 
-    import afqmc.model
-
-    loaded = []
-
-    def config_only(name, **kwargs):
-        loaded.append((name, kwargs))
-        return {"model_type": "afqmc_bert", "max_position_embeddings": 32}, {}
-
-    monkeypatch.setattr(afqmc.model, "_resolve", lambda name: {"local_files_only": True})
-    monkeypatch.setattr(PretrainedConfig, "get_config_dict", config_only)
+    config = {"model_type": "afqmc_bert", "auto_map": {"AutoConfig": "x.Y"}, "max_position_embeddings": 32}
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache(tmp_path, "some-org/bert", config)))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(
         ConfigError,
         match=r"dataset.max_length=128 is invalid; expected an integer <= 32, .* of model.checkpoint='some-org/bert'",
     ):
         check_config(compose_cfg(["model.checkpoint=some-org/bert"]))
-    assert loaded == [("some-org/bert", {"local_files_only": True})]
 
 
 def test_composition_errors_become_one_line():
