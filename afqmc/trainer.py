@@ -277,7 +277,7 @@ class Trainer:
         t, model, s = self.tcfg, self.model, self.state
         first_epoch, done = s.epoch, s.batch
         running = None if s.running_loss is None else s.running_loss[dist.rank()].to(self.device)  # this rank's
-        show_bar = sys.stderr.isatty()
+        show_bar = sys.stderr.isatty() and dist.is_main()  # one bar, rank 0's (the others log warnings only)
         for epoch in range(first_epoch, t.epochs + 1):
             if s.step >= self.total_steps or s.stopped_early:
                 break
@@ -462,7 +462,7 @@ class Trainer:
         indices, logits, labels = [], [], []
         batches = self.eval_loaders[split]
         with torch.inference_mode():
-            for batch in progress(batches, len(batches), f"scoring {split}") if show else batches:
+            for batch in progress(batches, len(batches), f"scoring {split}") if show and dist.is_main() else batches:
                 indices.append(batch.pop("index"))
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 y = batch.pop("labels", None)

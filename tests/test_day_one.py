@@ -5,6 +5,7 @@ import fcntl
 import logging
 import os
 import pty
+import re
 import struct
 import subprocess
 import sys
@@ -21,14 +22,14 @@ from afqmc.trainer_config import build_trainer
 from .conftest import ENV, ROOT, SMOKE_PAIRS, compose_cfg, read_jsonl, run_py, smoke_steps, summary
 
 
-def run_on_a_terminal(*args) -> tuple[int, str, str]:
-    """python run.py ARGS with stderr on a pseudo-terminal (where tqdm draws its bars), stdout on a pipe;
+def run_on_a_terminal(*args, launcher=(sys.executable,), cwd=ROOT) -> tuple[int, str, str]:
+    """LAUNCHER run.py ARGS with stderr on a pseudo-terminal (where tqdm draws its bars), stdout on a pipe;
     returns (exit code, the terminal's text, stdout)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal's size: 120 columns
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "run.py"), *args],
-        cwd=ROOT,
+        [*launcher, str(ROOT / "run.py"), *args],
+        cwd=cwd,
         env=ENV,
         stderr=slave,
         stdout=subprocess.PIPE,
@@ -65,6 +66,17 @@ def test_on_a_terminal_bars_show_progress_and_run_log_still_gets_every_step(tmp_
         f"epoch 1 step {steps}/{steps} loss {read_jsonl(tmp_path / 'metrics.jsonl')[-2]['loss']:.4f} lr 0.00e+00"
     )
     assert "epoch 1 step " not in stdout  # on the console, the bar shows them
+
+
+@pytest.mark.slow
+def test_under_torchrun_one_bar_shows_rank_0s(tmp_path):
+    """Both ranks' stderr is the terminal: only rank 0 draws bars (each bar is drawn at 0% once, when it starts)."""
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    args = ["experiment=smoke", "trainer.epochs=1", "trainer.predict=false", f"hydra.run.dir={tmp_path / 'run'}"]
+    code, terminal, _ = run_on_a_terminal(*args, launcher=torchrun, cwd=tmp_path)
+    assert code == 0, terminal[-3000:]
+    assert len(re.findall(r"epoch 1/1:\s+0%", terminal)) == 1, terminal[-3000:]
+    assert len(re.findall(r"scoring dev:\s+0%", terminal)) == 1, terminal[-3000:]
 
 
 def test_without_a_terminal_scoring_logs_its_progress(tmp_path, pairs_dir, tiny_bert_dir, caplog):
