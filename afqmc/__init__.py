@@ -69,6 +69,9 @@ def train(cfg, output_dir) -> float:
             if main and not (OmegaConf.select(cfg, "trainer.resume") and not getattr(trainer, "built", True)):
                 status = "interrupted" if isinstance(error, errors.Interrupted) else "failed"
                 runs.write_failed_summary(output_dir, error, status)
+                log.info("run directory: %s; %s (summary.json says why)", output_dir.resolve(), status)
+            elif main:
+                log.info("run directory: %s; not resumed, left as it was", output_dir.resolve())
             if error is not e:
                 raise error from None  # run.py says it in one line, as for a first Ctrl-C
             raise

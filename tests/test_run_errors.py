@@ -107,3 +107,12 @@ def test_a_missing_key_is_called_missing(tmp_path):
     assert proc.returncode == 1 and "ConfigError: dataset.collate is missing; expected one of: pair_tokenize" in out, (
         out
     )
+
+
+@pytest.mark.slow
+def test_a_failed_run_names_its_directory_first_and_last(tmp_path):
+    proc = run_py("experiment=smoke", "dataset.root=no-such-dir", f"hydra.run.dir={tmp_path}")
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 1 and lines[0].endswith(f"run directory: {tmp_path}"), proc.stdout
+    assert lines[-2].endswith(f"run directory: {tmp_path}; failed (summary.json says why)"), proc.stdout
+    assert "DataError: no-such-dir/train.json: split file 'train' not found" in lines[-1], proc.stdout
