@@ -59,11 +59,11 @@ def start_run(*args, cwd=ROOT, **popen):
 
 def hub_cache(root: Path, name: str, config: dict) -> Path:
     """A Hugging Face hub cache (HF_HUB_CACHE) holding `name`'s config.json alone, as a download leaves it."""
-    snapshot = root / f"models--{name.replace('/', '--')}" / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    (snapshot / "config.json").write_text(json.dumps(config))
-    (root / f"models--{name.replace('/', '--')}" / "refs").mkdir()
-    (root / f"models--{name.replace('/', '--')}" / "refs" / "main").write_text("0" * 40)
+    repo, commit = root / f"models--{name.replace('/', '--')}", "0" * 40
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text(json.dumps(config))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
     return root
 
 
