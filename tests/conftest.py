@@ -4,6 +4,7 @@ data's sizes, run.py in a subprocess; nothing from the network or ../shared."""
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,31 @@ def hub_cache(root: Path, name: str, config: dict) -> Path:
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     return root
+
+
+KILLED = (  # python -c KILLED run.py ARGS: run.py, SIGKILLed right after saving checkpoints/last at step $KILL_AT
+    "import os, runpy, signal, sys, afqmc.trainer\n"
+    "save = afqmc.trainer.Trainer._save_last\n"
+    "def killed(self, *args):\n"
+    "    save(self, *args)\n"
+    "    if self.state.step == int(os.environ['KILL_AT']):\n"
+    "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    "afqmc.trainer.Trainer._save_last = killed\n"
+    "sys.argv[:2] = [sys.argv[1]]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+)
+
+
+def kill_after_save(step: int, *args) -> None:
+    """python run.py ARGS, killed (SIGKILL) right after it saves checkpoints/last at `step`."""
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED, str(ROOT / "run.py"), *args],
+        cwd=ROOT,
+        env={**ENV, "KILL_AT": str(step)},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
 
 
 def records(run_dir: Path) -> list[dict]:

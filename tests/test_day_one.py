@@ -19,7 +19,18 @@ from afqmc.runs import NO_DEV
 from afqmc.schema import check_config
 from afqmc.trainer_config import build_trainer
 
-from .conftest import ENV, ROOT, SMOKE_PAIRS, compose_cfg, read_jsonl, run_py, smoke_steps, summary
+from .conftest import (
+    ENV,
+    ROOT,
+    SMOKE_PAIRS,
+    compose_cfg,
+    kill_after_save,
+    read_jsonl,
+    records,
+    run_py,
+    smoke_steps,
+    summary,
+)
 
 
 def run_on_a_terminal(*args, launcher=(sys.executable,), cwd=ROOT) -> tuple[int, str, str]:
@@ -107,6 +118,16 @@ def test_a_run_without_a_dev_split_keeps_the_last_as_best_and_says_so(tmp_path):
     )
     proc = run_py(f"hydra.run.dir={run_dir}", "trainer.resume=true")  # a completed run, skipped
     assert proc.returncode == 0 and "completed: skipped" in (run_dir / "run.log").read_text(), proc.stderr[-2000:]
+
+    # killed in epoch 2, resumed: the same records, best checkpoint and predictions as the straight run
+    killed = tmp_path / "killed"
+    args = ["experiment=smoke", "trainer.epochs=2", "dataset.splits.dev=null", "trainer.save_every_steps=5"]
+    kill_after_save(smoke_steps(1) + 10, *args, f"hydra.run.dir={killed}")
+    proc = run_py(f"hydra.run.dir={killed}", "trainer.resume=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert summary(killed)["best"] == result["best"] and records(killed) == records(run_dir)
+    for name in ("checkpoints/best/model.safetensors", "predictions/afqmc_predict.json"):
+        assert (killed / name).read_bytes() == (run_dir / name).read_bytes(), name
     with pytest.raises(ConfigError, match=r"trainer.eval_every_steps=10 needs a dev split"):
         check_config(compose_cfg(["experiment=smoke", "dataset.splits.dev=null", "trainer.eval_every_steps=10"]))
 

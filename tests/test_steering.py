@@ -1,9 +1,6 @@
 """Watching and steering a run: dev scored every N steps, early stopping, which checkpoints stay on disk."""
 
 import random
-import signal
-import subprocess
-import sys
 
 import pytest
 
@@ -12,7 +9,7 @@ from afqmc.checkpoint import TrainState
 from afqmc.errors import TrainingError
 from afqmc.report import write_report
 
-from .conftest import ENV, ROOT, compose_cfg, read_jsonl, records, run_py, summary, write_jsonl
+from .conftest import compose_cfg, kill_after_save, read_jsonl, records, run_py, summary, write_jsonl
 from .test_train import product_pairs
 
 STEPS_PER_EPOCH = 6  # pairs_dir: 12 train pairs, 2 a batch
@@ -131,17 +128,6 @@ def test_save_best_false_writes_no_checkpoint_and_reports_the_best_evaluation(tm
 
 
 # run.py, SIGKILLed right after checkpoints/last is written at optimizer step KILL_AT: a crash at a chosen point
-KILLED = (
-    "import os, runpy, signal, sys, afqmc.trainer\n"
-    "save = afqmc.trainer.Trainer._save_last\n"
-    "def killed(self, *args):\n"
-    "    save(self, *args)\n"
-    "    if self.state.step == int(os.environ['KILL_AT']):\n"
-    "        os.kill(os.getpid(), signal.SIGKILL)\n"
-    "afqmc.trainer.Trainer._save_last = killed\n"
-    "sys.argv[:2] = [sys.argv[1]]\n"
-    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
-)
 
 
 @pytest.mark.slow
@@ -160,14 +146,7 @@ def test_resumed_run_keeps_its_patience_and_evaluations(tmp_path):
     args += ["trainer.early_stopping.min_delta=1"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert run_py(*args, f"hydra.run.dir={straight}").returncode == 0
-    proc = subprocess.run(
-        [sys.executable, "-c", KILLED, str(ROOT / "run.py"), *args, f"hydra.run.dir={killed}"],
-        cwd=ROOT,
-        env={**ENV, "KILL_AT": "15"},
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    kill_after_save(15, *args, f"hydra.run.dir={killed}")
     state = TrainState.load(killed / "checkpoints" / "last" / "state.pt")
     assert (state.step, state.evals_without_gain, state.stopped_early) == (15, 2, None)
 
