@@ -29,7 +29,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from .errors import CheckpointError
+from .errors import CheckpointError, error_line
 
 log = logging.getLogger(__name__)
 BEST = Path("checkpoints") / "best"
@@ -147,7 +147,7 @@ class TrainState:
             ) from None
         except (OSError, RuntimeError, EOFError, ValueError, TypeError) as e:
             raise CheckpointError(
-                f"{path}: not a training state this version can read ({_first_line(e)}). " + _WHAT_TO_DO
+                f"{path}: not a training state this version can read ({error_line(e)}). " + _WHAT_TO_DO
             ) from None
 
     def progress(self) -> TrainState:
@@ -159,11 +159,6 @@ _WHAT_TO_DO = (
     "Move the checkpoint aside to resume from the one before it (or from scratch), or start the run afresh with "
     "trainer.overwrite=true"
 )
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def _umask() -> int:
@@ -221,7 +216,7 @@ def verify(path: Path) -> dict:
         info = json.loads(manifest.read_text(encoding="utf-8"))
         model, files = info["model"], dict(info["files"])
     except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{manifest}: unreadable ({_first_line(e)}). " + _WHAT_TO_DO) from None
+        raise CheckpointError(f"{manifest}: unreadable ({error_line(e)}). " + _WHAT_TO_DO) from None
     for name, digest in files.items():
         file = path / name
         if not file.is_file():
@@ -246,7 +241,7 @@ def load_model(path: Path):
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
         weights = ", ".join(sorted(f.name for f in Path(path).glob("*.safetensors"))) or "no weights file"
         raise CheckpointError(
-            f"{path}: the {name} model cannot be loaded from its files ({weights}): {_first_line(e)}. " + _WHAT_TO_DO
+            f"{path}: the {name} model cannot be loaded from its files ({weights}): {error_line(e)}. " + _WHAT_TO_DO
         ) from None
 
 

@@ -3,6 +3,18 @@
 import signal
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message ('' for none)."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def error_line(e: BaseException) -> str:
+    """'<ExceptionType>: <first line of the message>': one line fits a log line or a report's table cell."""
+    line = first_line(e)
+    return f"{type(e).__name__}: {line}" if line else type(e).__name__
+
+
 class AfqmcError(Exception):
     """Base class: run.py prints these without a traceback."""
 

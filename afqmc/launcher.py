@@ -28,8 +28,8 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, se
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from omegaconf import OmegaConf, open_dict
 
-from .errors import CheckpointError, SweepError
-from .runs import OVERRIDES, error_line, find_runs, job_identity, load_run, read_overrides
+from .errors import CheckpointError, SweepError, error_line, first_line
+from .runs import OVERRIDES, find_runs, job_identity, load_run, read_overrides
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def outcome(job) -> tuple[JobReturn, str | None]:
         ret = job.results()[0]
     except UncompletedJobError as e:  # no result: Slurm ended the job (scancel, memory, time limit), or it
         # crashed outside the run; submitit says which where sacct works
-        return failed(str(e)), f"no result from Slurm job {job.job_id}: {str(e).strip().splitlines()[0]}"
+        return failed(str(e)), f"no result from Slurm job {job.job_id}: {first_line(e)}"
     if ret.status == JobStatus.COMPLETED:
         return ret, None
     value = ret._return_value  # (the property raises it)

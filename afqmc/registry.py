@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 
 class SplitData(Protocol):
@@ -125,5 +125,5 @@ def check_names(cfg, registries=None) -> None:
         try:
             name = OmegaConf.select(cfg, registry.key)
         except OmegaConfBaseException as e:  # e.g. an interpolation of a key that is not there
-            raise ConfigError(f"{registry.key}: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"{registry.key}: {first_line(e)}") from None
         registry.component(name)

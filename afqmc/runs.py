@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .checkpoint import FREE_KEYS, config_changes, config_snapshot, write_json
-from .errors import CheckpointError, ConfigError, RunDirError
+from .errors import CheckpointError, ConfigError, RunDirError, error_line
 
 SUMMARY = "summary.json"
 RECORD = Path(".hydra")
@@ -36,12 +36,6 @@ LOCK = ".lock"
 NO_DEV = "no dev split (dataset.splits.dev=null): the best checkpoint is the last"  # summary.json's best.note
 RUN_FILES = (SUMMARY, "metrics.jsonl", "checkpoints", "predictions")  # what a run leaves besides its record and log
 KEEP_ON_OVERWRITE = {RECORD.name, LOCK, "run.log"}
-
-
-def error_line(exc: BaseException) -> str:
-    """'<ExceptionType>: <first line of the message>': one line fits a report's table cell."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def write_failed_summary(run_dir, exc: BaseException, status: str = "failed") -> None:
@@ -69,7 +63,7 @@ def read_overrides(path: Path) -> list[str]:
     try:
         overrides = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: unreadable ({error_line(e)})") from None
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
         raise CheckpointError(f"{path}: expected a list of overrides, got {type(overrides).__name__}")
     return overrides
@@ -278,7 +272,7 @@ def check_record(run_dir: Path, cfg) -> None:
     try:
         recorded = config_snapshot(OmegaConf.load(path))
     except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as e:
-        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: unreadable ({error_line(e)})") from None
     changes = config_changes(recorded, config_snapshot(cfg))
     if changes:
         raise ConfigError(

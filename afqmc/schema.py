@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import ConfigError
+from .errors import ConfigError, error_line, first_line
 from .registry import COLLATORS, DATASETS, LOGGERS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS, check_names
 
 # one option chosen from each: cfg.<group>.name names its component
@@ -196,7 +196,7 @@ def _plain(cfg: DictConfig, group: str) -> dict:
     try:
         return OmegaConf.to_container(cfg[group], resolve=True)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{e.full_key or group}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{e.full_key or group}: {first_line(e)}") from None
 
 
 def compose_error(e: Exception) -> str:
@@ -217,7 +217,7 @@ def compose_error(e: Exception) -> str:
 
 def omegaconf_error(e: Exception) -> str:
     key = getattr(e, "full_key", None)
-    return f"{key + ': ' if key else ''}{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+    return f"{key + ': ' if key else ''}{first_line(e) or type(e).__name__}"
 
 
 def startup_error(e: Exception) -> str:
@@ -235,4 +235,4 @@ def startup_error(e: Exception) -> str:
         return f"ConfigError: {omegaconf_error(e)}"
     if isinstance(e, OSError) and e.filename:
         return f"RunDirError: {e.filename}: {e.strerror or e} (the run directory, hydra.run.dir or hydra.sweep.dir)"
-    return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return error_line(e)
