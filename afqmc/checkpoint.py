@@ -188,14 +188,11 @@ def save(path: Path, model_name: str, model, tokenizer, state: TrainState | None
         if state is not None:
             state.save(tmp / STATE)
         mode = 0o666 & ~_umask()  # as any file the run writes: safetensors writes its own 0600
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                f.chmod(mode)
-        files = {
-            name: sha256(f)
-            for f in sorted(tmp.rglob("*"))
-            if f.is_file() and (name := f.relative_to(tmp).as_posix()) != CARD
-        }
+        files = {}
+        for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            f.chmod(mode)
+            if (name := f.relative_to(tmp).as_posix()) != CARD:
+                files[name] = sha256(f)
         (tmp / MANIFEST).write_text(
             json.dumps({"model": model_name, "files": files}, indent=1) + "\n", encoding="utf-8"
         )
