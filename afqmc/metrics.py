@@ -20,3 +20,10 @@ def classification_metrics(preds: torch.Tensor, labels: torch.Tensor, num_labels
     if num_labels == 2:
         out.update(precision_pos=precision[1].item(), recall_pos=recall[1].item(), f1_pos=f1[1].item())
     return out
+
+
+def scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """classification_metrics of the logits' argmax, and the mean cross-entropy loss: a split's scores."""
+    metrics = classification_metrics(logits.argmax(-1), labels, logits.shape[-1])
+    metrics["loss"] = torch.nn.functional.cross_entropy(logits, labels).item()
+    return metrics

@@ -26,7 +26,7 @@ from .card import load_run_config
 from .checkpoint import load_model, write_text
 from .data import FORMATS, has_labels, read_examples
 from .errors import AfqmcError
-from .metrics import classification_metrics
+from .metrics import scores
 from .model import load_tokenizer
 from .progress import progress
 
@@ -106,10 +106,7 @@ def predict_file(predictor: Predictor, args) -> dict | None:
         sys.stdout.write(text)
     if not labeled:
         return None
-    labels = torch.tensor([e["label"] for e in examples])
-    metrics = classification_metrics(idx, labels, len(id2label))
-    metrics["loss"] = torch.nn.functional.cross_entropy(logits, labels).item()
-    return metrics
+    return scores(logits, torch.tensor([e["label"] for e in examples]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ from .card import RunInfo, run_overrides
 from .checkpoint import BEST, LAST, STATE, MetricsLog, TrainState
 from .errors import ConfigError, DataError, Interrupted, TrainingError
 from .loggers import Trackers, start_trackers
-from .metrics import classification_metrics
+from .metrics import scores
 from .model import load_tokenizer
 from .progress import progress
 from .registry import COLLATORS, DATASETS, MODELS, OPTIMIZERS, SCHEDULERS
@@ -478,9 +478,7 @@ class Trainer:
     def evaluate(self, split: str = "dev", show: bool = False) -> dict[str, float]:
         """The metrics of a labelled split; `show`: its progress (a bar on a terminal, else log lines)."""
         _, logits, labels = self._forward_all(split, show)
-        metrics = classification_metrics(logits.argmax(-1), labels, len(self.label_names))
-        metrics["loss"] = torch.nn.functional.cross_entropy(logits, labels).item()
-        return metrics
+        return scores(logits, labels)
 
     def predict(self) -> Path | None:
         """CLUE's submission format: one {"id": ..., "label": raw label} per test line, in file order.
