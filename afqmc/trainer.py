@@ -354,7 +354,8 @@ class Trainer:
                 if running is not None:  # (None: resumed at the epoch's end, from checked weights)
                     self._check_finite(running, epoch)  # before the evaluation writes checkpoints
                 if self.dev_set is None:
-                    self._take_last_as_best(epoch)
+                    if s.step >= self.total_steps:  # (the end of training: one save, not one an epoch)
+                        self._take_last_as_best(epoch)
                 elif t.eval_every_steps is None:
                     self._evaluate_dev(epoch)
                 self._save_last(epoch + 1, 0, None)
@@ -423,14 +424,16 @@ class Trainer:
         metric, value = t.metric, metrics[t.metric]
         # how much better than the best so far (the loss is better lower); a difference in the last bits of
         # a float (the same predictions summed in another order) is no improvement
-        gain = math.inf if s.best is None else (value - s.best["value"]) * (-1 if metric == "loss" else 1)
-        if s.best is not None and math.isclose(value, s.best["value"], rel_tol=1e-9, abs_tol=1e-12):
+        if s.best is None:
+            gain = math.inf
+        elif math.isclose(value, s.best["value"], rel_tol=1e-9, abs_tol=1e-12):
             gain = 0.0
+        else:
+            gain = (value - s.best["value"]) * (-1 if metric == "loss" else 1)
         if gain > 0:
             s.best = {"epoch": epoch, "step": s.step, "metric": metric, "value": value}
             s.best_dev, s.best_step = metrics, s.step
-            if dist.is_main() and t.save_best:
-                checkpoint.save(self.out / BEST, self.cfg.model.name, self.model, self.tokenizer, run=self._run_info())
+            self._save_best()
             saved = "saved checkpoints/best" if t.save_best else "not saved (trainer.save_best=false)"
             log.info("new best %s %.4f at %s: %s", metric, value, at, saved)
         patience = t.early_stopping.patience
@@ -448,13 +451,16 @@ class Trainer:
                 )
 
     def _take_last_as_best(self, epoch: int) -> None:
-        """No dev split: the model at the end of each epoch is the best, as summary.json says."""
+        """No dev split: the model at the end of training is the best, as summary.json says."""
         s = self.state
         s.best = {"epoch": epoch, "step": s.step, "metric": None, "value": None, "note": NO_DEV}
         s.best_dev, s.best_step = None, s.step
+        self._save_best()
+        log.info("no dev split: checkpoints/best is the model at the end of training (epoch %d)", epoch)
+
+    def _save_best(self) -> None:
         if dist.is_main() and self.tcfg.save_best:
             checkpoint.save(self.out / BEST, self.cfg.model.name, self.model, self.tokenizer, run=self._run_info())
-        log.info("no dev split: checkpoints/best is the model at the end of epoch %d", epoch)
 
     def _forward_all(self, split: str, show: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(dataset indices, logits, labels or None) for a whole split, in dataset order; `show`: its progress."""

@@ -111,6 +111,7 @@ def test_a_run_without_a_dev_split_keeps_the_last_as_best_and_says_so(tmp_path):
     assert result["status"] == "completed" and result["dev"] is None
     assert result["best"] == {"epoch": 2, "step": smoke_steps(2), "metric": None, "value": None, "note": NO_DEV}
     assert (run_dir / "checkpoints" / "best" / "model.safetensors").is_file()
+    assert (run_dir / "run.log").read_text().count("no dev split: checkpoints/best is") == 1  # saved once, at the end
     assert len(read_jsonl(run_dir / "predictions" / "afqmc_predict.json")) == SMOKE_PAIRS["test"]
     assert not [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["type"] == "eval"]
     assert proc.stdout.splitlines()[-1].endswith(
