@@ -12,7 +12,6 @@ in afqmc and in transformers alike, or not at all:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import shutil
@@ -54,12 +53,7 @@ def build_classifier(config, pooling: str, checkpoint: str | None = None, **wher
         return cls(config)
     # A checkpoint fine-tuned on another task has a head for its own labels (AFQMC's 2, not TNEWS' 15):
     # that head starts afresh; any other weight of another shape is a broken checkpoint.
-    with plain_load_report(checkpoint) as loading:
-        model, loaded = loading(
-            cls.from_pretrained(
-                checkpoint, config=config, ignore_mismatched_sizes=True, output_loading_info=True, **where
-            )
-        )
+    model, loaded = _from_pretrained(cls, checkpoint, config=config, ignore_mismatched_sizes=True, **where)
     mismatched = sorted(key for key, *_ in loaded["mismatched_keys"])
     if any(not key.startswith("classifier.") for key in mismatched):
         raise ModelLoadError(
@@ -80,41 +74,30 @@ def build_classifier(config, pooling: str, checkpoint: str | None = None, **wher
 
 def load_encoder(checkpoint: str, config, **where) -> BertModel:
     """bert_pair_module's pretrained encoder (its checkpoint's pooler, if any, unused)."""
-    with plain_load_report(checkpoint) as loading:
-        bert, _ = loading(
-            BertModel.from_pretrained(
-                checkpoint, config=config, add_pooling_layer=False, output_loading_info=True, **where
-            )
-        )
+    bert, _ = _from_pretrained(BertModel, checkpoint, config=config, add_pooling_layer=False, **where)
     return bert
 
 
-@contextlib.contextmanager
-def plain_load_report(checkpoint: str):
-    """transformers logs a LOAD REPORT table (ANSI colours, a row per weight, 'MISSING') whenever a checkpoint
-    lacks weights of the model, as a fine-tuning run's new head always does: it would worry a new user.
-    Inside this block its report is left out (errors still raise), and `loading(model, info)` says in one plain
-    line which weights start at random and which of the checkpoint's go unused."""
+def _from_pretrained(cls, checkpoint: str, **kwargs):
+    """(model, loading info) of cls.from_pretrained, without the LOAD REPORT table transformers logs whenever a
+    checkpoint lacks weights of the model (ANSI colours, a row per weight, 'MISSING'), as a fine-tuning run's
+    new head always does: it would worry a new user. One plain line says instead which weights start at random,
+    another which of the checkpoint's go unused."""
     logger = logging.getLogger("transformers.modeling_utils")
     # a filter, not a level: transformers checks that logger's level to decide what else to log
-    report = logging.Filter()
-    report.filter = lambda record: "LOAD REPORT" not in str(record.msg)
-    logger.addFilter(report)
-
-    def loading(result):
-        model, info = result
-        new, unused = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
-        if new:
-            what = "a new classification head" if all(k.startswith("classifier.") for k in new) else "new weights"
-            log.info("model: %s (%s): not in %s, initialised at random", what, ", ".join(new), checkpoint)
-        if unused:
-            log.info("model: %d weights of %s unused (%s)", len(unused), checkpoint, ", ".join(unused))
-        return model, info
-
+    no_table = lambda record: "LOAD REPORT" not in str(record.msg)  # noqa: E731
+    logger.addFilter(no_table)
     try:
-        yield loading
+        model, info = cls.from_pretrained(checkpoint, output_loading_info=True, **kwargs)
     finally:
-        logger.removeFilter(report)
+        logger.removeFilter(no_table)
+    new, unused = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+    if new:
+        what = "a new classification head" if all(k.startswith("classifier.") for k in new) else "new weights"
+        log.info("model: %s (%s): not in %s, initialised at random", what, ", ".join(new), checkpoint)
+    if unused:
+        log.info("model: %d weights of %s unused (%s)", len(unused), checkpoint, ", ".join(unused))
+    return model, info
 
 
 def save_classifier(model, directory: Path) -> None:
