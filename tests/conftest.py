@@ -52,6 +52,16 @@ def run_py(*args, cwd=ROOT, timeout=300, env=ENV):
     )
 
 
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+
+
+def torchrun_py(*args, cwd, timeout=300):
+    """torchrun --standalone --nproc_per_node=2 run.py ARGS in a subprocess, waited for."""
+    return subprocess.run(
+        [*TORCHRUN, str(ROOT / "run.py"), *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def start_run(*args, cwd=ROOT, **popen):
     """python run.py ARGS started and not waited for (output discarded unless `popen` says otherwise)."""
     popen = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": ENV, **popen}

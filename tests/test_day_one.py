@@ -23,6 +23,7 @@ from .conftest import (
     ENV,
     ROOT,
     SMOKE_PAIRS,
+    TORCHRUN,
     compose_cfg,
     kill_after_save,
     read_jsonl,
@@ -82,9 +83,8 @@ def test_on_a_terminal_bars_show_progress_and_run_log_still_gets_every_step(tmp_
 @pytest.mark.slow
 def test_under_torchrun_one_bar_shows_rank_0s(tmp_path):
     """Both ranks' stderr is the terminal: only rank 0 draws bars (each bar is drawn at 0% once, when it starts)."""
-    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
     args = ["experiment=smoke", "trainer.epochs=1", "trainer.predict=false", f"hydra.run.dir={tmp_path / 'run'}"]
-    code, terminal, _ = run_on_a_terminal(*args, launcher=torchrun, cwd=tmp_path)
+    code, terminal, _ = run_on_a_terminal(*args, launcher=TORCHRUN, cwd=tmp_path)
     assert code == 0, terminal[-3000:]
     assert len(re.findall(r"epoch 1/1:\s+0%", terminal)) == 1, terminal[-3000:]
     assert len(re.findall(r"scoring dev:\s+0%", terminal)) == 1, terminal[-3000:]

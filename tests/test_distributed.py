@@ -2,15 +2,13 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
 from afqmc.checkpoint import load_model
 from afqmc.trainer_config import build_trainer
 
-from .conftest import ENV, ROOT, SMOKE_BATCH, SMOKE_PAIRS, compose_cfg, smoke_steps, summary
+from .conftest import SMOKE_BATCH, SMOKE_PAIRS, compose_cfg, smoke_steps, summary, torchrun_py
 
 EVAL_BATCH = 16
 
@@ -20,18 +18,10 @@ EVAL_BATCH = 16
 def test_torchrun_two_processes_one_run_directory(tmp_path, model):
     # the ranks score uneven shares of the dev batches; whole batches of train pairs on both ranks
     assert math.ceil(SMOKE_PAIRS["dev"] / EVAL_BATCH) % 2 == 1 and SMOKE_PAIRS["train"] % (2 * SMOKE_BATCH) == 0
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     args = ["experiment=smoke", f"model={model}", "trainer.epochs=2", f"trainer.eval_batch_size={EVAL_BATCH}"]
     # bert_cls: dev scored every 7 steps, mid-epoch, by both ranks; a tracker, which rank 0 alone writes
     watched = ["trainer.eval_every_steps=7", "logger=tensorboard"] if model == "bert_cls" else []
-    proc = subprocess.run(
-        [*torchrun, str(ROOT / "run.py"), *args, *watched],
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = torchrun_py(*args, *watched, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]  # rank 1 wrote nothing of its own
     (run,) = (tmp_path / "outputs" / "runs").iterdir()

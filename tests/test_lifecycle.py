@@ -19,7 +19,7 @@ from afqmc import checkpoint, runs
 from afqmc.checkpoint import TrainState
 from afqmc.errors import CheckpointError, RunDirError
 
-from .conftest import ENV, ROOT, compose_cfg, read_jsonl, records, run_py, start_run, summary
+from .conftest import ENV, ROOT, TORCHRUN, compose_cfg, read_jsonl, records, run_py, start_run, summary, torchrun_py
 
 # 4 optimizer steps, checkpoints/last after each, a train record each step
 TINY = [
@@ -384,14 +384,6 @@ def test_the_resume_hint_names_the_command_of_each_case(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_torchrun_resumes_each_ranks_own_loss(tmp_path):
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(ROOT / "run.py"),
-    ]
     args = [
         "experiment=smoke",
         "dataset.max_train_samples=256",
@@ -399,18 +391,11 @@ def test_torchrun_resumes_each_ranks_own_loss(tmp_path):
         "trainer.log_every=1",
         "trainer.save_every_steps=null",
     ]  # 8 batches a rank: 8 steps
-    straight = subprocess.run(
-        [*torchrun, *args, f"hydra.run.dir={tmp_path / 'straight'}"],
-        env=ENV,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    straight = torchrun_py(*args, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr[-3000:]
     run_dir = tmp_path / "stopped"
     proc = subprocess.Popen(
-        [*torchrun, *args, f"hydra.run.dir={run_dir}"],
+        [*TORCHRUN, str(ROOT / "run.py"), *args, f"hydra.run.dir={run_dir}"],
         env=ENV,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -429,13 +414,6 @@ def test_torchrun_resumes_each_ranks_own_loss(tmp_path):
     assert hint == f"torchrun --standalone --nproc_per_node=2 run.py hydra.run.dir={run_dir} trainer.resume=true"
     stopped = read_jsonl(run_dir / "metrics.jsonl")
     assert 2 <= stopped[-1]["step"] < 8
-    resumed = subprocess.run(
-        [*torchrun, f"hydra.run.dir={run_dir}", "trainer.resume=true"],
-        env=ENV,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = torchrun_py(f"hydra.run.dir={run_dir}", "trainer.resume=true", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert records(run_dir) == records(tmp_path / "straight")  # every rank's loss as if never stopped
