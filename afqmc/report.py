@@ -21,6 +21,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from .checkpoint import atomic_write, write_text
 from .runs import Run, find_runs, load_run
 
 SEED_KEY = "trainer.seed"
@@ -146,7 +147,8 @@ def plot_curves(runs: list[Run], names: list[str], metric: str, path: Path) -> b
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", fontsize="small")
-    fig.savefig(path, dpi=100)
+    with atomic_write(path) as tmp:  # (the temp file's name does not end in .png)
+        fig.savefig(tmp, dpi=100, format="png")
     return True
 
 
@@ -249,7 +251,7 @@ def write_report(root, metric: str | None = None) -> Path:
     if not runs:
         raise FileNotFoundError(f"{root}: no run directories below it (a run directory holds .hydra/overrides.yaml)")
     rows = [csv_row(r, root) for r in runs]
-    with open(root / "report.csv", "w", newline="", encoding="utf-8") as f:
+    with atomic_write(root / "report.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
@@ -258,7 +260,7 @@ def write_report(root, metric: str | None = None) -> Path:
     if not has_curves:
         (root / "curves.png").unlink(missing_ok=True)  # an older report's curves would describe other runs
     path = root / "report.md"
-    path.write_text(markdown(root, runs, rows, metric, has_curves), encoding="utf-8")
+    write_text(path, markdown(root, runs, rows, metric, has_curves))
     return path
 
 

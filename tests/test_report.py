@@ -70,6 +70,24 @@ def sweep(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_a_report_that_fails_while_writing_leaves_the_previous_one_whole(sweep, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    root = shutil.copytree(sweep, tmp_path / "sweep")
+    before = {name: (root / name).read_bytes() for name in ("report.csv", "report.md", "curves.png")}
+
+    def disk_full(self, fname, **kwargs):  # half a file written, then the error
+        Path(fname).write_bytes(before["curves.png"][:100])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_report(root)
+    assert {name: (root / name).read_bytes() for name in before} == before
+    assert not list(root.glob(".*.tmp"))
+
+
+@pytest.mark.slow
 def test_report_csv_has_one_row_per_run(sweep):
     rows = read_csv(sweep / "report.csv")
     assert [r["run"] for r in rows] == ["0", "1", "2", "3"]
