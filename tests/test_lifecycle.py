@@ -19,7 +19,19 @@ from afqmc import checkpoint, runs
 from afqmc.checkpoint import TrainState
 from afqmc.errors import CheckpointError, RunDirError
 
-from .conftest import ENV, ROOT, TORCHRUN, compose_cfg, read_jsonl, records, run_py, start_run, summary, torchrun_py
+from .conftest import (
+    ENV,
+    ROOT,
+    TORCHRUN,
+    compose_cfg,
+    read_jsonl,
+    records,
+    run_py,
+    smoke_steps,
+    start_run,
+    summary,
+    torchrun_py,
+)
 
 # 4 optimizer steps, checkpoints/last after each, a train record each step
 TINY = [
@@ -116,7 +128,7 @@ def test_the_printed_hint_resumes_the_run_with_its_own_overrides(stopped, interr
         text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert summary(stopped)["status"] == "completed" and summary(stopped)["train"]["steps"] == 50
+    assert summary(stopped)["status"] == "completed" and summary(stopped)["train"]["steps"] == smoke_steps(1)
     assert snapshot(stopped, RECORD[:3]) == record  # the record is the run's own, untouched
 
 
@@ -224,11 +236,19 @@ def test_metrics_cut_short_or_changed_stop_the_resume_without_nul_bytes(stopped)
 
 
 @pytest.mark.slow
-def test_a_resume_on_changed_data_is_refused(stopped):
+@pytest.mark.parametrize("edit", ["half the lines", "one sentence"])
+def test_a_resume_on_changed_data_is_refused(stopped, edit):
     train = stopped.parent / "data" / "train.json"
     lines = train.read_text().splitlines(keepends=True)
-    train.write_text("".join(lines[: len(lines) // 2]))
-    one_line_error(resume(stopped), "DataError", "the data changed", f"train: {len(lines)} examples")
+    if edit == "half the lines":
+        train.write_text("".join(lines[: len(lines) // 2]))
+        now = len(lines) // 2
+    else:  # as many examples as before: only the fingerprint tells
+        row = json.loads(lines[0])
+        row["sentence1"] += "吗"
+        train.write_text(json.dumps(row, ensure_ascii=False) + "\n" + "".join(lines[1:]))
+        now = len(lines)
+    one_line_error(resume(stopped), "DataError", "the data changed", f"train: {len(lines)} examples", f"-> {now}, ")
 
 
 def flip_a_byte(path: Path) -> None:
@@ -243,6 +263,7 @@ def test_a_flipped_bit_in_a_checkpoint_is_found_on_resume(stopped):
     one_line_error(resume(stopped), "CheckpointError", "model.safetensors: its content differs from what was written")
 
 
+@pytest.mark.slow  # (its fixture runs run.py)
 def test_a_flipped_bit_in_the_best_checkpoint_is_found_on_reload(interrupted, tmp_path):
     best = shutil.copytree(interrupted[0] / "checkpoints" / "last", tmp_path / "best")
     checkpoint.load_model(best)
@@ -275,6 +296,7 @@ CORRUPTIONS = {
     "corruption,checksums",
     [(c, k) for c in CORRUPTIONS for k in ("kept", "rewritten") if (c, k) != ("garbled state", "rewritten")],
 )
+@pytest.mark.slow  # (its fixture runs run.py)
 def test_a_corrupt_checkpoint_is_one_checkpoint_error_naming_the_file(interrupted, tmp_path, corruption, checksums):
     """Found by its checksum, or, where checkpoint.json was rewritten to match, by the loaders themselves."""
     last = shutil.copytree(interrupted[0] / "checkpoints" / "last", tmp_path / "last")
@@ -345,6 +367,7 @@ def test_yaml_tags_are_one_line_and_never_constructed(tmp_path, value, needle):
     assert not (tmp_path / "RAN").exists() and line.strip() != "ConfigError:"
 
 
+@pytest.mark.slow  # (its fixture runs run.py)
 def test_the_report_lists_an_unreadable_run_and_goes_on(completed, tmp_path):
     from afqmc.report import write_report
 

@@ -141,6 +141,15 @@ def test_only_the_chosen_trackers_write(tmp_path, pairs_dir, tiny_bert_dir, monk
     assert not (tmp_path / "outputs").exists()
 
 
+def test_no_tracker_by_default(tmp_path, pairs_dir, tiny_bert_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where MLflow's default store would go: outputs/mlruns
+    cfg = compose_cfg([f"dataset.root={pairs_dir}", f"model.checkpoint={tiny_bert_dir}", *TRACKED])
+    assert not cfg.logger
+    afqmc.train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "tensorboard").exists() and not (tmp_path / "run" / "wandb").exists()
+    assert not (tmp_path / "outputs").exists() and (tmp_path / "run" / "summary.json").is_file()
+
+
 # run.py in an environment where one package is not installed: a site-packages of links to every entry of
 # the real one but that package's
 WITHOUT = (

@@ -49,6 +49,16 @@ def test_training_loop_learns(tmp_path, tiny_bert_dir, seed):
     assert best > 0.9 and dev["accuracy"] > 0.9 and dev["f1_pos"] > 0.9, dev  # chance: 0.5
 
 
+def test_setup_then_fit_builds_once(tmp_path, pairs_dir, tiny_bert_dir, monkeypatch):
+    trainer = build_trainer(compose_cfg([f"dataset.root={pairs_dir}", f"model.checkpoint={tiny_bert_dir}"]), tmp_path)
+    trainer.setup()
+    model = trainer.model
+    for step in ("_setup_run", "_setup_training", "_setup_model", "_setup_data"):
+        monkeypatch.setattr(trainer, step, lambda step=step: pytest.fail(f"fit() after setup() called {step}"))
+    trainer.fit()
+    assert trainer.model is model and (tmp_path / "summary.json").is_file()
+
+
 def test_max_steps_and_grad_accumulation(tmp_path, pairs_dir, tiny_bert_dir):
     cfg = compose_cfg(
         [
