@@ -15,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import afqmc  # (importing it registers the config resolvers)
 from afqmc.errors import AfqmcError, Interrupted
-from afqmc.runs import LOCK, discard, resume_argv, write_failed_summary
+from afqmc.runs.records import LOCK, discard, resume_argv, write_failed_summary
 
 log = logging.getLogger("afqmc")
 
@@ -54,14 +54,14 @@ def cli() -> None:
     except (AfqmcError, CompactHydraException, yaml.YAMLError, OmegaConfBaseException, OSError) as e:
         if users_choice:
             raise
-        from afqmc.schema import startup_error
+        from afqmc.config.schema import startup_error
 
         print(startup_error(e), file=sys.stderr)
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    try:  # hydra.run.dir=RUN trainer.resume=true: the run's own overrides (afqmc/runs.py)
+    try:  # hydra.run.dir=RUN trainer.resume=true: the run's own overrides (afqmc/runs/records.py)
         sys.argv = resume_argv(sys.argv)
     except AfqmcError as e:
         sys.exit(f"{type(e).__name__}: {e}")

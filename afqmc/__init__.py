@@ -8,7 +8,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from . import cli_help, errors, runs
+from afqmc import errors
+from afqmc.config import help as cli_help
+from afqmc.runs import records as runs
 
 log = logging.getLogger(__name__)
 ASSETS = Path(__file__).parent / "assets"
@@ -46,8 +48,8 @@ def train(cfg, output_dir) -> float:
     """The one way a run starts (run.py, the tests, the benchmarks): check the config, claim the run
     directory, build the trainer the config names, fit. Returns the best dev value of trainer.metric.
     A run that raises after claiming its directory leaves a summary.json saying why."""
-    from .registry import TRAINERS
-    from .schema import check_config
+    from afqmc.config.registry import TRAINERS
+    from afqmc.config.schema import check_config
 
     check_config(cfg)  # every key's type and range, before any data or model is loaded
     output_dir = Path(output_dir)
@@ -76,6 +78,6 @@ def train(cfg, output_dir) -> float:
                 raise error from None  # run.py says it in one line, as for a first Ctrl-C
             raise
         finally:
-            from .distributed import shutdown
+            from afqmc.training.distributed import shutdown
 
             shutdown()  # a torchrun run leaves its process group destroyed

@@ -16,9 +16,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-from .checkpoint import atomic_write
-from .errors import SubmissionError
-from .runs import read_summary
+from afqmc.errors import SubmissionError
+from afqmc.files import atomic_write
+from afqmc.runs.records import read_summary
 
 SUFFIX = "_predict.json"
 # CLUE's submission names of the classification tasks this framework reads (CLUE 1.1, and 1.0's TNEWS test set)

@@ -40,8 +40,9 @@ class TrainingError(AfqmcError):
 
 
 class Interrupted(AfqmcError):
-    """A stop signal (afqmc/trainer.py STOP_SIGNALS): checkpoints/last is saved; run.py marks the summary interrupted
-    and exits with 128 + the signal's number, as a shell reports a process that a signal ended (130: Ctrl-C)."""
+    """A stop signal (afqmc/training/trainer.py STOP_SIGNALS): checkpoints/last is saved; run.py marks the summary
+    interrupted and exits with 128 + the signal's number, as a shell reports a process that a signal ended
+    (130: Ctrl-C)."""
 
     def __init__(self, message: str, signum: int = signal.SIGINT):
         super().__init__(message)

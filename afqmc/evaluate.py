@@ -19,9 +19,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from .checkpoint import BEST, LAST, config_snapshot, recover, write_json
-from .errors import AfqmcError, ConfigError, ModelLoadError
-from .runs import CONFIG
+from afqmc.config.identity import config_snapshot
+from afqmc.errors import AfqmcError, ConfigError, ModelLoadError
+from afqmc.files import recover, write_json
+from afqmc.runs.records import CONFIG
+from afqmc.training.checkpoint import BEST, LAST
 
 log = logging.getLogger("afqmc.evaluate")
 CHECKPOINTS = {"best": BEST, "last": LAST}
@@ -33,7 +35,7 @@ def compose_run(run_dir: Path, overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.errors import CompactHydraException
 
-    from .schema import compose_error
+    from afqmc.config.schema import compose_error
 
     config = run_dir / CONFIG
     if not config.is_file():
@@ -60,8 +62,8 @@ def changed_keys(run: DictConfig, now: DictConfig) -> dict:
 
 def evaluate_run(run_dir: Path, which: str = "best", split: str = "dev", overrides: list[str] = ()) -> Path:
     """Scores RUN/checkpoints/<which> on `split`; returns the JSON file written into RUN/eval/."""
-    from .registry import TRAINERS
-    from .schema import check_config
+    from afqmc.config.registry import TRAINERS
+    from afqmc.config.schema import check_config
 
     run_dir = Path(run_dir)
     cfg = compose_run(run_dir, list(overrides))

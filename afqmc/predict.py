@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .card import load_run_config
-from .checkpoint import load_model, write_text
-from .data import FORMATS, has_labels, read_examples
-from .errors import AfqmcError
-from .metrics import scores
-from .model import load_tokenizer
-from .progress import progress
+from afqmc.data.reading import FORMATS, has_labels, read_examples
+from afqmc.errors import AfqmcError
+from afqmc.files import write_text
+from afqmc.models.components import load_tokenizer
+from afqmc.runs.card import load_run_config
+from afqmc.training.checkpoint import load_model
+from afqmc.training.metrics import scores
+from afqmc.training.progress import progress
 
 # Checkpoints written before they carried their run's config were AFQMC runs with these settings.
 AFQMC_DATASET = {

@@ -7,7 +7,7 @@ Writes into DIR:
               and, after an Optuna search, its best parameters and value at the top
   curves.png  the dev metric per epoch of every run (from metrics.jsonl); per optimizer step when a run
               was evaluated several times an epoch (trainer.eval_every_steps)
-The Hydra callback in afqmc/callbacks.py calls write_report() on the sweep directory when a multirun ends.
+The Hydra callback in afqmc/runs/sweep_report.py calls write_report() on the sweep directory when a multirun ends.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .checkpoint import atomic_write, write_text
-from .runs import Run, find_runs, load_run
+from afqmc.files import atomic_write, write_text
+from afqmc.runs.records import Run, find_runs, load_run
 
 SEED_KEY = "trainer.seed"
 METRICS = ("accuracy", "f1_macro", "f1_pos")  # dev metrics in the tables

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup, set_seed
 
-from afqmc.metrics import classification_metrics
-from afqmc.modeling import BertForPairwiseCLS
+from afqmc.models.modeling import BertForPairwiseCLS
+from afqmc.training.metrics import classification_metrics
 
 
 def load_pairs(data_dir: str, split: str, limit: int | None = None) -> list[dict]:

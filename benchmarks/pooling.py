@@ -69,7 +69,8 @@ def score(run: Path) -> dict:
     import torch
     from omegaconf import OmegaConf
 
-    from afqmc.data import read_examples, split_path
+    from afqmc.data.components import split_path
+    from afqmc.data.reading import read_examples
     from afqmc.predict import Predictor
 
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml").dataset

@@ -26,8 +26,8 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     import afqmc  # noqa: F401  (the config's resolvers)
-    from afqmc.data import build_dataset
-    from afqmc.model import load_tokenizer
+    from afqmc.data.components import build_dataset
+    from afqmc.models.components import load_tokenizer
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"dataset.root={args.data}", "dataset.download=null"])

@@ -79,13 +79,13 @@ def hub_cache(root: Path, name: str, config: dict) -> Path:
 
 
 KILLED = (  # python -c KILLED run.py ARGS: run.py, SIGKILLed right after saving checkpoints/last at step $KILL_AT
-    "import os, runpy, signal, sys, afqmc.trainer\n"
-    "save = afqmc.trainer.Trainer._save_last\n"
+    "import os, runpy, signal, sys, afqmc.training.trainer\n"
+    "save = afqmc.training.trainer.Trainer._save_last\n"
     "def killed(self, *args):\n"
     "    save(self, *args)\n"
     "    if self.state.step == int(os.environ['KILL_AT']):\n"
     "        os.kill(os.getpid(), signal.SIGKILL)\n"
-    "afqmc.trainer.Trainer._save_last = killed\n"
+    "afqmc.training.trainer.Trainer._save_last = killed\n"
     "sys.argv[:2] = [sys.argv[1]]\n"
     "runpy.run_path(sys.argv[0], run_name='__main__')\n"
 )
@@ -135,7 +135,7 @@ def tiny_bert_dir(tmp_path_factory):
     """A randomly initialised 2-layer BERT (hidden 48, not 768) saved with a character vocabulary."""
     from transformers import BertConfig, BertTokenizer
 
-    from afqmc.modeling import BertForPairwiseCLS
+    from afqmc.models.modeling import BertForPairwiseCLS
 
     path = tmp_path_factory.mktemp("tiny-bert")
     chars = sorted(set("借呗怎么还款如何花额度余收益信用卡逾期晚支付宝开通网商贷关闭是的吗"))

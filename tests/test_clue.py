@@ -8,12 +8,11 @@ import shutil
 import zipfile
 
 import pytest
+from .conftest import compose_cfg, write_jsonl
 
 import afqmc
 from afqmc.clue_submission import main as clue_submission
 from afqmc.report import write_report
-
-from .conftest import compose_cfg, write_jsonl
 
 TNEWS = {100: "news_story", 101: "news_culture", 102: "news_entertainment", 103: "news_sports", 104: "news_finance"}
 TNEWS |= {106: "news_house", 107: "news_car", 108: "news_edu", 109: "news_tech", 110: "news_military"}
@@ -165,7 +164,7 @@ def test_a_checkpoint_with_another_head_gets_a_new_one_and_keeps_its_encoder(tin
     """Fine-tuning TNEWS from a checkpoint fine-tuned on AFQMC: 15 outputs where it had 2."""
     from safetensors.torch import load_file
 
-    from afqmc.registry import MODELS
+    from afqmc.config.registry import MODELS
 
     cfg = compose_cfg([f"model.checkpoint={tiny_bert_dir}"])
     labels = [str(k) for k in TNEWS]

@@ -4,13 +4,12 @@ import subprocess
 import sys
 
 import pytest
+from .conftest import CONF, compose_cfg
 from omegaconf import OmegaConf
 
-from afqmc.cli_help import defaults
+from afqmc.config.help import defaults
+from afqmc.config.registry import check_names
 from afqmc.errors import ConfigError
-from afqmc.registry import check_names
-
-from .conftest import CONF, compose_cfg
 
 OPTIONS = [
     (group, f.stem)

@@ -4,17 +4,17 @@ sentences, lines without a gold label, unique prediction ids, task names that fi
 import json
 
 import pytest
+from .conftest import compose_cfg, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from afqmc.checkpoint import atomic_write
-from afqmc.data import MAX_TASK_BYTES, SkippedLines, build_dataset, read_examples
-from afqmc.datasets import PairCollator
+from afqmc.config.schema import check_config
+from afqmc.data.components import MAX_TASK_BYTES, build_dataset
+from afqmc.data.datasets import PairCollator
+from afqmc.data.reading import SkippedLines, read_examples
 from afqmc.errors import ConfigError, DataError
-from afqmc.schema import check_config
-
-from .conftest import compose_cfg, write_jsonl
+from afqmc.files import atomic_write
 
 ROWS = [("不要借了我是试试看能否操作的", "借款审核期间能否取消借款", "0"), ("花呗怎么还款", "如何还花呗", "1")] * 3
 

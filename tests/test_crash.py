@@ -9,11 +9,10 @@ import time
 
 import pytest
 import torch
-
-from afqmc.checkpoint import TrainState, find_last
-from afqmc.modeling import BertForPairwiseCLS
-
 from .conftest import ENV, ROOT, SMOKE_PAIRS, records, run_py, smoke_steps, start_run, summary
+
+from afqmc.models.modeling import BertForPairwiseCLS
+from afqmc.training.checkpoint import TrainState, find_last
 
 SMOKE = ["experiment=smoke", "trainer.log_every=1", "trainer.predict=false"]
 
@@ -117,9 +116,9 @@ KILLED_SAVE = textwrap.dedent("""
     from pathlib import Path
     import torch
     from transformers import AutoTokenizer
-    from afqmc import checkpoint
-    from afqmc.checkpoint import TrainState
-    from afqmc.modeling import BertForPairwiseCLS
+    from afqmc.training import checkpoint
+    from afqmc.training.checkpoint import TrainState
+    from afqmc.models.modeling import BertForPairwiseCLS
 
     source, target, when = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     model, tokenizer = BertForPairwiseCLS.from_pretrained(source), AutoTokenizer.from_pretrained(source)

@@ -7,15 +7,16 @@ import tracemalloc
 import zipfile
 
 import pytest
+from .conftest import compose_cfg, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from afqmc.data import build_dataset, ensure_downloaded, read_examples
-from afqmc.datasets import PairCollator, StreamingPairDataset
+from afqmc.data.components import build_dataset
+from afqmc.data.datasets import PairCollator, StreamingPairDataset
+from afqmc.data.download import ensure_downloaded
+from afqmc.data.reading import read_examples
 from afqmc.errors import DataError
-
-from .conftest import compose_cfg, write_jsonl
 
 
 def afqmc_cfg(root, *overrides):

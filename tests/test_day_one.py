@@ -14,10 +14,10 @@ import termios
 import pytest
 
 import afqmc
+from afqmc.config.schema import check_config
 from afqmc.errors import ConfigError
-from afqmc.runs import NO_DEV
-from afqmc.schema import check_config
-from afqmc.trainer_config import build_trainer
+from afqmc.runs.records import NO_DEV
+from afqmc.training.components import build_trainer
 
 from .conftest import (
     ENV,
@@ -95,9 +95,9 @@ def test_without_a_terminal_scoring_logs_its_progress(tmp_path, pairs_dir, tiny_
     overrides = [f"dataset.root={pairs_dir}", f"model.checkpoint={tiny_bert_dir}", "trainer.eval_batch_size=1"]
     trainer = build_trainer(compose_cfg([*overrides, "dataset.splits.dev=train.json"]), tmp_path)
     trainer.setup()
-    with caplog.at_level(logging.INFO, logger="afqmc.progress"):
+    with caplog.at_level(logging.INFO, logger="afqmc.training.progress"):
         trainer.evaluate("dev", show=True)
-    assert [r.getMessage() for r in caplog.records if r.name == "afqmc.progress"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "afqmc.training.progress"] == [
         f"scoring dev: {n}/12 batches" for n in range(2, 13, 2)
     ]
 
@@ -141,7 +141,7 @@ def test_the_best_is_replaced_only_by_a_real_improvement(tmp_path, pairs_dir, ti
     scores = iter([0.6683750376846548, 0.6683750376846549, 0.7])
     monkeypatch.setattr(trainer, "evaluate", lambda split, show=False: {"f1_macro": next(scores), "loss": 0.5})
     saved = []
-    monkeypatch.setattr(afqmc.checkpoint, "save", lambda path, *args, **kwargs: saved.append(trainer.state.step))
+    monkeypatch.setattr(afqmc.training.checkpoint, "save", lambda path, *args, **kwargs: saved.append(trainer.state.step))
     for step in (1, 2, 3):
         trainer.state.step = step
         trainer._evaluate_dev(epoch=step)
@@ -153,7 +153,7 @@ def test_a_pretrained_load_says_in_one_plain_line_what_is_new(tmp_path, tiny_ber
     """transformers' LOAD REPORT table (ANSI colours, 'MISSING' rows) is not shown; one line says the head is new."""
     from transformers import BertModel
 
-    from afqmc.registry import MODELS
+    from afqmc.config.registry import MODELS
 
     BertModel.from_pretrained(tiny_bert_dir).save_pretrained(tmp_path / "encoder")  # an encoder: no head
     for name in ("tokenizer_config.json", "vocab.txt", "tokenizer.json"):

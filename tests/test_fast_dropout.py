@@ -2,11 +2,10 @@
 reloads as usual."""
 
 import torch
-
-from afqmc.fast_dropout import fast_dropout, use_fast_dropout
-from afqmc.modeling import BertForPairwiseCLS
-
 from .test_model import BATCH
+
+from afqmc.models.fast_dropout import fast_dropout, use_fast_dropout
+from afqmc.models.modeling import BertForPairwiseCLS
 
 
 def test_drops_at_rate_p_and_keeps_the_mean():

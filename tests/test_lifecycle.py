@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from afqmc import checkpoint, runs
-from afqmc.checkpoint import TrainState
+from afqmc.config.identity import config_snapshot
 from afqmc.errors import CheckpointError, RunDirError
+from afqmc.files import sha256
+from afqmc.runs import records as runs
+from afqmc.training import checkpoint
+from afqmc.training.checkpoint import TrainState
 
 from .conftest import (
     ENV,
@@ -177,8 +180,8 @@ def test_sweep_jobs_are_matched_by_their_overrides(tmp_path):
     assert len(jobs) == 6 and all(snapshot(jobs[name]) == files for name, files in first.items())
     for run_dir in jobs.values():  # each directory's config is the one its record and its summary belong to
         config = compose_cfg([*TINY, *runs.read_overrides(run_dir / ".hydra" / "overrides.yaml")])
-        assert checkpoint.config_snapshot(config) == {
-            **checkpoint.config_snapshot(runs.OmegaConf.load(run_dir / ".hydra" / "config.yaml")),
+        assert config_snapshot(config) == {
+            **config_snapshot(runs.OmegaConf.load(run_dir / ".hydra" / "config.yaml")),
             "trainer.resume": config.trainer.resume,
         }
     pairs = sorted(
@@ -304,7 +307,7 @@ def test_a_corrupt_checkpoint_is_one_checkpoint_error_naming_the_file(interrupte
     corrupt(last / name)
     if checksums == "rewritten":
         manifest = json.loads((last / "checkpoint.json").read_text())
-        manifest["files"] = {f: checkpoint.sha256(last / f) for f in manifest["files"] if (last / f).exists()}
+        manifest["files"] = {f: sha256(last / f) for f in manifest["files"] if (last / f).exists()}
         (last / "checkpoint.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError) as e:
         checkpoint.load_model(last)

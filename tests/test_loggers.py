@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from .conftest import ENV, ROOT, compose_cfg, read_jsonl, run_py, summary
 from omegaconf import OmegaConf
 
 import afqmc
-
-from .conftest import ENV, ROOT, compose_cfg, read_jsonl, run_py, summary
 
 TRACKED = ["trainer.batch_size=2", "trainer.epochs=2", "trainer.log_every=2", "trainer.eval_every_steps=5"]
 
@@ -229,9 +228,9 @@ def test_a_resumed_run_goes_on_in_the_same_tracker_runs(tmp_path):
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from afqmc.checkpoint import TrainState
     from afqmc.errors import Interrupted
-    from afqmc.loggers import start_trackers
+    from afqmc.runs.trackers import start_trackers
+    from afqmc.training.checkpoint import TrainState
 
     cfg = compose_cfg(["logger=[tensorboard,mlflow,wandb]", f"logger.mlflow.tracking_uri={tmp_path / 'mlruns'}"])
     out = tmp_path / "run"

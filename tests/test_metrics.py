@@ -1,10 +1,10 @@
-"""afqmc/metrics.py against scikit-learn's reference implementation, on random binary and multi-class cases."""
+"""afqmc/training/metrics.py against scikit-learn's reference implementation, on random binary and multi-class cases."""
 
 import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
-from afqmc.metrics import classification_metrics
+from afqmc.training.metrics import classification_metrics
 
 
 @pytest.mark.parametrize("num_labels", [2, 3, 15])

@@ -5,8 +5,8 @@ import torch
 from omegaconf import OmegaConf
 
 from afqmc.errors import ModelLoadError
-from afqmc.model import build_pair_cls as build_model
-from afqmc.modeling import BertForPairwiseCLS
+from afqmc.models.components import build_pair_cls as build_model
+from afqmc.models.modeling import BertForPairwiseCLS
 
 BATCH = {
     "input_ids": torch.tensor([[2, 5, 6, 3, 7, 3], [2, 5, 3, 8, 3, 0]]),

@@ -11,25 +11,24 @@ import sys
 from pathlib import Path
 
 import pytest
+from .conftest import CONF, ROOT, run_py
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from afqmc.callbacks import SweepReport
 from afqmc.report import labels, write_report
-from afqmc.runs import find_runs, load_run
-
-from .conftest import CONF, ROOT, run_py
+from afqmc.runs.records import find_runs, load_run
+from afqmc.runs.sweep_report import SweepReport
 
 SMALL = ["experiment=smoke", "trainer.epochs=1", "dataset.max_train_samples=64", "trainer.predict=false"]  # 4 steps
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-# run.py with a bug planted in Trainer.fit: every bad input is a clear AfqmcError now (afqmc/schema.py),
+# run.py with a bug planted in Trainer.fit: every bad input is a clear AfqmcError now (afqmc/config/schema.py),
 # so an exception of another kind takes a bug
 CRASHING = (
-    "import runpy, sys, afqmc.trainer\n"
+    "import runpy, sys, afqmc.training.trainer\n"
     "def fit(self): raise ValueError('Trainer.fit crashed (a bug planted by the test)')\n"
-    "afqmc.trainer.Trainer.fit = fit\n"
+    "afqmc.training.trainer.Trainer.fit = fit\n"
     "sys.argv[:2] = [sys.argv[1]]\n"
     "runpy.run_path(sys.argv[0], run_name='__main__')\n"
 )
@@ -168,7 +167,7 @@ def test_report_of_an_empty_directory_says_what_it_looks_for(tmp_path):
 
 def test_callback_failure_is_a_warning(tmp_path, caplog):
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "missing")}}})
-    with caplog.at_level(logging.WARNING, logger="afqmc.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="afqmc.runs.sweep_report"):
         SweepReport().on_multirun_end(config)  # must not raise
     assert "could not write the sweep report" in caplog.text and "not a directory" in caplog.text
 

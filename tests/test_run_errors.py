@@ -6,7 +6,6 @@ import sys
 import time
 
 import pytest
-
 from .conftest import ENV, ROOT, hub_cache, run_py
 
 
@@ -83,7 +82,7 @@ def test_the_config_check_loads_neither_torch_nor_transformers(tmp_path, model):
     """A local checkpoint directory, or a hub name (the default, bert-base-chinese, is one) whose config.json
     is in the Hugging Face cache."""
     code = (
-        "import sys; from tests.conftest import compose_cfg; from afqmc.schema import check_config; "
+        "import sys; from tests.conftest import compose_cfg; from afqmc.config.schema import check_config; "
         f"check_config(compose_cfg([{model!r}])); "
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )

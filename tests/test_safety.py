@@ -5,14 +5,13 @@ import json
 from pathlib import Path
 
 import pytest
-
-import afqmc
-from afqmc import checkpoint
-from afqmc.errors import ModelLoadError
-from afqmc.model import build_pair_cls as build_model
-
 from .conftest import compose_cfg
 from .test_model import model_cfg
+
+import afqmc
+from afqmc.errors import ModelLoadError
+from afqmc.models.components import build_pair_cls as build_model
+from afqmc.training import checkpoint
 
 
 def test_checkpoints_are_safetensors_only(tiny_bert_dir, tmp_path):
@@ -94,8 +93,8 @@ def test_trust_remote_code_reaches_every_loader(tiny_bert_dir, monkeypatch, name
     """model.trust_remote_code=true is passed on to the config, weights and tokenizer loaders."""
     import transformers
 
-    from afqmc.modeling import BertForPairwiseCLS
-    from afqmc.registry import MODELS
+    from afqmc.config.registry import MODELS
+    from afqmc.models.modeling import BertForPairwiseCLS
 
     weights = BertForPairwiseCLS if name == "bert_pair_cls" else transformers.BertModel
     seen = []

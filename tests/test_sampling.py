@@ -4,8 +4,8 @@ import random
 
 import torch
 
-from afqmc.modeling import BertForPairwiseCLS
-from afqmc.sampling import TrainBatchSampler, sorted_batches, split_by_length
+from afqmc.data.sampling import TrainBatchSampler, sorted_batches, split_by_length
+from afqmc.models.modeling import BertForPairwiseCLS
 
 _rng = random.Random(0)
 LENGTHS = [_rng.randint(5, 60) for _ in range(1000)]

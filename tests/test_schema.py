@@ -3,14 +3,13 @@
 import json
 
 import pytest
+from .conftest import CONF, compose_cfg, hub_cache
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
+from afqmc.config.registry import LOGGERS, OPTIMIZERS, Component
+from afqmc.config.schema import Key, check_config, compose_error
 from afqmc.errors import ConfigError
-from afqmc.registry import LOGGERS, OPTIMIZERS, Component
-from afqmc.schema import Key, check_config, compose_error
-
-from .conftest import CONF, compose_cfg, hub_cache
 
 OPTIONS = [
     (group, f.stem)
@@ -220,7 +219,7 @@ def test_composition_errors_become_one_line():
 
 def test_every_yaml_has_exactly_its_schemas_keys():
     """The YAMLs stay the documentation (test_config checks each key's comment): no key only in the schema."""
-    from afqmc.schema import GROUPS
+    from afqmc.config.schema import GROUPS
 
     for group, registry in GROUPS.items():
         for path in sorted((CONF / group).glob("*.yaml")):

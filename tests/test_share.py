@@ -10,15 +10,15 @@ import sys
 
 import pytest
 import torch
+from .conftest import ENV, compose_cfg, read_jsonl, summary, write_jsonl
+from .test_train import product_pairs
 from omegaconf import OmegaConf
 
 import afqmc
-from afqmc import checkpoint, evaluate, predict
-from afqmc.card import RunInfo, model_card
+from afqmc import evaluate, predict
 from afqmc.errors import CheckpointError
-
-from .conftest import ENV, compose_cfg, read_jsonl, summary, write_jsonl
-from .test_train import product_pairs
+from afqmc.runs.card import RunInfo, model_card
+from afqmc.training import checkpoint
 
 VARIANTS = {  # the checkpoint formats: a plain BERT classifier, and afqmc's own architecture thrice
     "pooler": ["model.pooling=pooler"],
@@ -111,7 +111,7 @@ def test_pooler_checkpoint_is_a_plain_bert_classifier(trained):
 
 def test_the_default_model_is_shared_without_custom_code(tiny_bert_dir, tmp_path):
     """conf/model/bert_cls.yaml's default pooling (pooler): its checkpoints need no trust_remote_code."""
-    from afqmc.model import build_pair_cls
+    from afqmc.models.components import build_pair_cls
 
     cfg = compose_cfg([f"model.checkpoint={tiny_bert_dir}"])
     model, tokenizer = build_pair_cls(cfg.model, ["0", "1"])
@@ -185,7 +185,7 @@ def test_own_checkpoint_as_a_base_runs_none_of_its_files(trained, tmp_path, pool
     """model.checkpoint=RUN/checkpoints/best fine-tunes further with afqmc's installed code: the modeling file
     beside the weights, meant for transformers users, is never imported (here it would leave a mark). With
     pooling=pooler the new model is a plain BERT classifier again: nothing of afqmc_bert in its config."""
-    from afqmc.model import build_pair_cls
+    from afqmc.models.components import build_pair_cls
 
     base = tmp_path / "base"
     shutil.copytree(best(trained("mean")), base)
@@ -203,7 +203,7 @@ def test_own_checkpoint_as_a_base_runs_none_of_its_files(trained, tmp_path, pool
 
 def test_a_pooler_without_pretrained_weights_is_named(tiny_bert_dir, trained, caplog):
     """A checkpoint without pooler weights (e5, a random tiny BERT) gets a random pooler: the log says so."""
-    from afqmc.model import build_pair_cls
+    from afqmc.models.components import build_pair_cls
 
     for path, warned in ((tiny_bert_dir, True), (best(trained("pooler")), False)):
         caplog.clear()
@@ -216,7 +216,7 @@ def test_custom_code_with_a_builtin_model_type_is_refused(tiny_bert_dir, tmp_pat
     """A BERT checkpoint (model type bert) that names code of its own: transformers would build its built-in
     classes and ignore that code, so without model.trust_remote_code=true it is refused, as the README says."""
     from afqmc.errors import ModelLoadError
-    from afqmc.model import build_pair_cls
+    from afqmc.models.components import build_pair_cls
 
     shutil.copytree(tiny_bert_dir, tmp_path / "ckpt")
     path = tmp_path / "ckpt" / where
@@ -232,7 +232,7 @@ def test_custom_code_with_a_builtin_model_type_is_refused(tiny_bert_dir, tmp_pat
 
 def test_checkpoints_of_the_earlier_format_load(tiny_bert_dir):
     """Model type bert, BertForPairwiseCLS's weights, no checkpoint.json: what checkpoints held before."""
-    from afqmc.modeling import BertForPairwiseCLS
+    from afqmc.models.modeling import BertForPairwiseCLS
 
     model = checkpoint.load_model(tiny_bert_dir)
     assert type(model) is BertForPairwiseCLS and model.pooling == "cls"
@@ -338,9 +338,9 @@ def test_predict_flags_override_the_runs_settings(trained, data_dir, capsys):
 
 def test_predict_shows_progress_on_large_files(trained, data_dir, tmp_path, caplog):
     args = ["--file", str(data_dir / "test.json"), "--batch-size", "2", "--output", str(tmp_path / "p.jsonl")]
-    with caplog.at_level("INFO", logger="afqmc.progress"):
+    with caplog.at_level("INFO", logger="afqmc.training.progress"):
         assert predict.main([str(best(trained("cls"))), *args]) == 0
-    lines = [r.getMessage() for r in caplog.records if r.name == "afqmc.progress"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "afqmc.training.progress"]
     # a line every tenth of the way, rounded up to whole batches: 2, 4, ..., 12
     assert lines == [f"predicting: {n}/12 batches" for n in range(2, 13, 2)], lines
 
@@ -387,7 +387,7 @@ def test_model_card_of_weights_not_yet_scored_and_of_a_hub_base(tmp_path):
 
 
 def test_writing_a_checkpoint_needs_no_network(tiny_bert_dir, tmp_path, monkeypatch):
-    from afqmc.model import build_pair_cls
+    from afqmc.models.components import build_pair_cls
 
     cfg = compose_cfg([f"model.checkpoint={tiny_bert_dir}", "model.pooling=pooler"])
     model, tokenizer = build_pair_cls(cfg.model, ["0", "1"])
@@ -416,8 +416,8 @@ def test_an_edited_model_card_leaves_the_checkpoint_loadable(trained, tmp_path):
 def test_smoke_sets_cls_pooling_for_either_model():
     """experiment=smoke (a random tiny BERT, no pooler to build on) sets model.pooling=cls, which
     bert_pair_module, a [CLS] head, accepts as its only value."""
+    from afqmc.config.schema import check_config
     from afqmc.errors import ConfigError
-    from afqmc.schema import check_config
 
     for model in ("bert_cls", "bert_pair_module"):
         cfg = compose_cfg(["experiment=smoke", f"model={model}"])

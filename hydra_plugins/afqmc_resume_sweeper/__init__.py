@@ -2,7 +2,7 @@
 
 run.py picks it for `python run.py -m hydra.sweep.dir=SWEEP trainer.resume=true` given no sweep of its
 own: the jobs are those the sweep directory records, whatever sweeper (grid, Optuna) first made them,
-and each lands in its own directory again (afqmc.runs.job_subdir matches the overrides). It lives here
+and each lands in its own directory again (afqmc.runs.records.job_subdir matches the overrides). It lives here
 because Hydra instantiates sweepers from the hydra_plugins namespace package only.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-from afqmc.runs import merge_overrides, recorded_jobs
+from afqmc.runs.records import merge_overrides, recorded_jobs
 
 
 class ResumeSweeper(BasicSweeper):

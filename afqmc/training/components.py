@@ -1,6 +1,6 @@
 """The trainer group (conf/trainer/): its keys and the registered training recipe.
 
-The keys are checked before torch loads (afqmc/schema.py); the recipe itself, afqmc/trainer.py,
+The keys are checked before torch loads (afqmc/config/schema.py); the recipe itself, afqmc/training/trainer.py,
 is imported when a run builds it.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 
-from .errors import ConfigError
-from .registry import TRAINERS
-from .schema import Key
+from afqmc.config.registry import TRAINERS
+from afqmc.config.schema import Key
+from afqmc.errors import ConfigError
 
 METRICS = ("accuracy", "f1_macro", "f1_pos", "precision_pos", "recall_pos", "loss")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -89,6 +89,6 @@ def check_trainer(cfg) -> None:
 
 @TRAINERS.register("default", schema=TRAINER_KEYS, check=check_trainer)
 def build_trainer(cfg, output_dir):
-    from .trainer import Trainer
+    from afqmc.training.trainer import Trainer
 
     return Trainer(cfg, output_dir)

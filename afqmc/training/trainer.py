@@ -3,7 +3,7 @@
 Everything a run produces lands in its output directory:
 metrics.jsonl, summary.json, checkpoints/best/, checkpoints/last/ (to resume from),
 predictions/<task>_predict.json (run.log is Hydra's). The components come from the registries
-(afqmc/registry.py) and the files are written by afqmc/checkpoint.py: nothing here knows which
+(afqmc/config/registry.py) and the files are written by afqmc/training/checkpoint.py: nothing here knows which
 model or dataset it trains.
 """
 
@@ -28,25 +28,27 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import set_seed
 
-from . import checkpoint
-from . import distributed as dist
-from .card import RunInfo, run_overrides
-from .checkpoint import BEST, LAST, STATE, MetricsLog, TrainState
-from .errors import ConfigError, DataError, Interrupted, TrainingError
-from .loggers import Trackers, start_trackers
-from .metrics import scores
-from .model import load_tokenizer
-from .progress import progress
-from .registry import COLLATORS, DATASETS, MODELS, OPTIMIZERS, SCHEDULERS
-from .runs import NO_DEV, completed_summary, outcome, resume_command
-from .sampling import TrainBatchSampler, sorted_batches, split_by_length
+from afqmc import files
+from afqmc.config.identity import config_changes, config_snapshot
+from afqmc.config.registry import COLLATORS, DATASETS, MODELS, OPTIMIZERS, SCHEDULERS
+from afqmc.data.sampling import TrainBatchSampler, sorted_batches, split_by_length
+from afqmc.errors import ConfigError, DataError, Interrupted, TrainingError
+from afqmc.models.components import load_tokenizer
+from afqmc.runs.card import RunInfo, run_overrides
+from afqmc.runs.records import NO_DEV, completed_summary, outcome, resume_command
+from afqmc.runs.trackers import Trackers, start_trackers
+from afqmc.training import checkpoint
+from afqmc.training import distributed as dist
+from afqmc.training.checkpoint import BEST, LAST, STATE, MetricsLog, TrainState
+from afqmc.training.metrics import scores
+from afqmc.training.progress import progress
 
 log = logging.getLogger(__name__)
 
 
 # Signals that stop a run with checkpoints/last saved: Ctrl-C; SIGTERM, how Slurm (and most process managers)
 # end a job: preemption, scancel, scontrol requeue, the time limit; SIGUSR2, the warning that the Slurm launcher
-# has sbatch send before the time limit (conf/hydra/launcher/slurm.yaml, afqmc/launcher.py).
+# has sbatch send before the time limit (conf/hydra/launcher/slurm.yaml, afqmc/runs/launcher.py).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
@@ -164,7 +166,7 @@ class Trainer:
         self.model, self.tokenizer = MODELS.get(self.cfg.model.name)(self.cfg.model, self.label_names)
         self.model.to(self.device)
         if self.device.type == "cpu" and self.tcfg.fast_dropout:  # dropout is costly on a CPU (fast_dropout.py)
-            from .fast_dropout import use_fast_dropout
+            from afqmc.models.fast_dropout import use_fast_dropout
 
             use_fast_dropout(self.model)
         # self.model is the plain module that gets saved and reloaded; self.forward trains it and
@@ -493,7 +495,7 @@ class Trainer:
         if not dist.is_main():
             return None
         path = self.out / "predictions" / f"{self.cfg.dataset.task}_predict.json"
-        with checkpoint.atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        with files.atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for i, pred in zip(indices.tolist(), logits.argmax(-1).tolist()):
                 record = {"id": self.test_set.item_id(i), "label": self.label_names[pred]}
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -522,7 +524,7 @@ class Trainer:
             scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict(),
             rng=rngs,
-            config=checkpoint.config_snapshot(self.cfg),
+            config=config_snapshot(self.cfg),
             trackers=self.trackers.ids(),
         )
         checkpoint.save(self.out / LAST, self.cfg.model.name, self.model, self.tokenizer, state, self._run_info())
@@ -554,7 +556,7 @@ class Trainer:
             return TrainState()
         model = checkpoint.load_model(path)  # (its files verified first, state.pt's too)
         state = TrainState.load(path / STATE)
-        changes = checkpoint.config_changes(state.config, checkpoint.config_snapshot(self.cfg))
+        changes = config_changes(state.config, config_snapshot(self.cfg))
         if len(state.rng) != dist.world_size():  # each rank has its share of the batches: another split of them
             changes.append(f"processes: {len(state.rng)} -> {dist.world_size()}")
         if changes:  # the same batches and steps would mean another run: give the run's own overrides
@@ -620,7 +622,7 @@ class Trainer:
             "world_size": dist.world_size(),
             "global_batch_size": t.batch_size * t.grad_accum_steps * dist.world_size(),
         }
-        checkpoint.write_json(self.out / "summary.json", summary)
+        files.write_json(self.out / "summary.json", summary)
         if t.keep_last == "until_done":
             checkpoint.delete(self.out / LAST)
         self.trackers.finish(summary)

@@ -22,8 +22,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import ConfigError, error_line, first_line
-from .registry import COLLATORS, DATASETS, LOGGERS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS, check_names
+from afqmc.config.registry import COLLATORS, DATASETS, LOGGERS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS, check_names
+from afqmc.errors import ConfigError, error_line, first_line
 
 # one option chosen from each: cfg.<group>.name names its component
 GROUPS = {registry.key.split(".")[0]: registry for registry in (DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS)}

@@ -1,36 +1,27 @@
-"""Sentence-pair data: readers for JSON lines / CSV / TSV, the download, the dataset group's keys.
+"""Sentence-pair data: readers for JSON lines / CSV / TSV.
 
 One dataset YAML describes a corpus (format, file names, column names, label map), so another
 sentence-pair corpus needs no code. Every bad line stops the run with its file and line number,
 or with dataset.on_bad_line=skip is left out, counted and logged. The torch datasets and the
-collate function built from what is read here are in afqmc/datasets.py.
+collate function built from what is read here are in afqmc/data/datasets.py, the dataset group's keys
+in afqmc/data/components.py.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
-import hashlib
 import json
 import logging
-import re
-import shutil
-import tempfile
-import urllib.error
-import urllib.request
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import count, islice
+from itertools import count
 from pathlib import Path
 from types import SimpleNamespace
 
 from omegaconf import OmegaConf
 
-from .checkpoint import atomic_write
-from .errors import ConfigError, DataError
-from .registry import COLLATORS, DATASETS
-from .schema import Key
+from afqmc.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 FORMATS = {"jsonl": None, "csv": ",", "tsv": "\t"}  # format -> delimiter
@@ -366,208 +357,3 @@ def _id(row: dict, column, n: int, where: str, check: bool) -> tuple[object, boo
     if check and (isinstance(value, bool) or not isinstance(value, (str, int))):
         raise DataError(f"{where}: {_field_name(column)} (the id) must be a string or an integer, got {value!r}")
     return value, False
-
-
-def split_path(cfg, split: str) -> Path:
-    return Path(cfg.root) / cfg.splits[split]
-
-
-# predictions/<task>_predict.json is written as .<task>_predict.json.tmp first (checkpoint.atomic_write),
-# and a file name has at most 255 bytes on Linux, macOS and Windows file systems alike
-MAX_TASK_BYTES = 255 - len(".tmp") - len("._predict.json")
-
-
-def _file_name_part(task: str) -> bool:
-    return not any(bad in task for bad in ("/", "\\", "..", "\0")) and len(task.encode("utf-8")) <= MAX_TASK_BYTES
-
-
-def _class_indices(label_map: dict) -> bool:
-    """0..N-1, each once, N >= 2: the head's outputs."""
-    values = list(label_map.values())
-    return len(values) >= 2 and all(type(v) is int for v in values) and sorted(values) == list(range(len(values)))
-
-
-def _column(null: bool = False, what: str = "") -> Key:
-    """A field name (JSON lines, or CSV/TSV with a header) or a 0-based position (dataset.header=false)."""
-    return Key((str, int), null=null, min=0, says=f"{what}a name, or a 0-based position with dataset.header=false")
-
-
-def _raw_labels(values: list) -> bool:
-    return all(isinstance(v, (str, int)) and not isinstance(v, bool) and str(v).strip() for v in values)
-
-
-DATASET_KEYS = {  # conf/dataset/afqmc.yaml, checked before anything loads (afqmc/schema.py)
-    # task names predictions/<task>_predict.json: a separator or '..' would write outside the run directory
-    "task": Key(
-        str,
-        rule=_file_name_part,
-        says=f"a name without '/', '\\' or '..', of at most {MAX_TASK_BYTES} bytes in UTF-8 "
-        "(it names predictions/<task>_predict.json)",
-    ),
-    "root": Key(str),
-    "format": Key(str, choices=tuple(FORMATS)),
-    "header": Key(bool),
-    "quoting": Key(str, null=True, choices=QUOTINGS),
-    "splits": Key(dict, keys={"train": Key(str), "dev": Key(str, null=True), "test": Key(str, null=True)}),
-    "columns": Key(
-        dict,
-        keys={
-            "text_a": _column(),
-            "text_b": _column(null=True, what="null (one sentence per line) or "),
-            "label": _column(),
-            "id": _column(null=True, what="null (lines numbered from 0) or "),
-        },
-    ),
-    "label_map": Key(
-        dict,
-        rule=_class_indices,
-        says="a map from raw label to class index, with at least 2 labels and the indices 0..N-1 each once",
-    ),
-    "no_gold_label": Key(list, rule=_raw_labels, says="a list of raw label values (e.g. ['-']), or []"),
-    # [CLS] a [SEP] b [SEP] takes 3; below that the tokenizer silently stops truncating
-    "max_length": Key(int, min=5),
-    "streaming": Key(bool),
-    "max_train_samples": Key(int, null=True, min=1),
-    "max_eval_samples": Key(int, null=True, min=1),
-    "collate": Key(str),
-    "download": Key(
-        dict,
-        null=True,
-        keys={
-            "url": Key(str),
-            "sha256": Key(
-                dict,
-                null=True,
-                rule=lambda m: all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) for v in m.values()),
-                says="null or a map from file name to its sha256 (64 lower-case hex digits)",
-            ),
-        },
-    ),
-    "max_line_bytes": Key(int, min=1),
-    "on_bad_line": Key(str, choices=("error", "skip")),
-}
-
-
-def check_dataset(cfg) -> None:
-    """What the keys cannot say one by one: columns are names or positions as dataset.header says,
-    no two the same, and a label is either a class or no gold label, not both."""
-    d = cfg.dataset
-    columns = {k: v for k, v in OmegaConf.to_container(d.columns).items() if v is not None}
-    positions = d.format != "jsonl" and not d.header
-    for key, value in columns.items():
-        if positions and not isinstance(value, int):
-            raise ConfigError(
-                f"dataset.columns.{key}={value!r} is invalid; with dataset.header=false, columns are "
-                "0-based positions: expected an integer >= 0"
-            )
-        if not positions and not isinstance(value, str):
-            why = "JSON lines name their fields" if d.format == "jsonl" else "dataset.header=true names the columns"
-            hint = "" if d.format == "jsonl" else " (a position needs dataset.header=false)"
-            raise ConfigError(f"dataset.columns.{key}={value} is invalid; {why}: expected a name{hint}")
-    seen = {}
-    for key, value in columns.items():
-        if value in seen:
-            raise ConfigError(f"dataset.columns.{key}={value!r} is invalid; dataset.columns.{seen[value]} is it too")
-        seen[value] = key
-    both = {str(v) for v in d.no_gold_label} & {str(k) for k in d.label_map}
-    if both:
-        raise ConfigError(
-            f"dataset.no_gold_label={list(d.no_gold_label)} is invalid; {sorted(both)[0]!r} is in dataset.label_map too"
-        )
-
-
-@DATASETS.register("sentence_pairs", schema=DATASET_KEYS, check=check_dataset)
-def build_dataset(cfg, split: str, labeled: bool | None = None):
-    """cfg is the `dataset` group; split is train, dev or test. `labeled`: whether every line must have a
-    label (None: all splits but test; afqmc.evaluate scores a labelled test split).
-
-    The dataset's `skipped_lines` counts the bad lines left out under dataset.on_bad_line=skip, its
-    `no_gold_label` the lines left out for a label in dataset.no_gold_label.
-    """
-    from .datasets import PairDataset, StreamingPairDataset
-
-    ensure_downloaded(cfg, split)
-    path = split_path(cfg, split)
-    if not path.is_file():
-        raise DataError(f"{path}: split file {split!r} not found (dataset.root={cfg.root}, dataset.splits.{split})")
-    limit = {"train": cfg.max_train_samples, "dev": cfg.max_eval_samples}.get(split)
-    skipped = SkippedLines()
-    labeled = split != "test" if labeled is None else labeled
-    examples = islice(read_examples(path, cfg, labeled=labeled, skipped=skipped), limit)
-    streaming = split == "train" and cfg.streaming
-    if streaming:  # read lazily, once per epoch; now one pass counts skipped lines, or one example shows some
-        found = sum(1 for _ in examples) if cfg.on_bad_line == "skip" else next(examples, None) is not None
-    else:
-        examples = list(examples)
-        found = bool(examples)
-    if not found:
-        raise DataError(f"{path}: no examples ({_none_because(skipped)})")
-    if skipped.count:
-        log.warning("%s: skipped %d bad lines (dataset.on_bad_line=skip)", path, skipped.count)
-    if skipped.no_gold_label:
-        log.info("%s: left out %d lines without a gold label (dataset.no_gold_label)", path, skipped.no_gold_label)
-    counts = dict(skipped_lines=skipped.count, no_gold_label=skipped.no_gold_label)
-    if streaming:
-        return StreamingPairDataset(path, cfg, labeled=True, limit=limit, **counts)
-    return PairDataset(examples, path, **counts)
-
-
-def _none_because(skipped: SkippedLines) -> str:
-    bad, no_gold = skipped.count, skipped.no_gold_label
-    if bad and no_gold:
-        return (
-            f"of {bad + no_gold} lines with data, {bad} are bad, skipped by dataset.on_bad_line=skip, "
-            f"and {no_gold} have no gold label (dataset.no_gold_label)"
-        )
-    if bad:
-        return f"all {bad} lines with data are bad, skipped by dataset.on_bad_line=skip"
-    if no_gold:
-        return f"all {no_gold} lines with data have no gold label (dataset.no_gold_label)"
-    return "the file is empty"
-
-
-@COLLATORS.register("pair_tokenize")
-def build_collator(cfg, tokenizer, pad_to_multiple_of: int | None = None):
-    from .datasets import PairCollator
-
-    return PairCollator(tokenizer, cfg.max_length, pad_to_multiple_of)
-
-
-def ensure_downloaded(cfg, split: str | None = None) -> None:
-    """Fetch the corpus zip when the split's file (any split's, with split=None) is missing, and take
-    every missing split file from it, checking each file's sha256."""
-    root = Path(cfg.root)
-    missing = [name for name in cfg.splits.values() if name and not (root / name).is_file()]
-    if not missing or not cfg.download or (split is not None and cfg.splits[split] not in missing):
-        return
-    url = cfg.download.url
-    log.info("%s missing in %s; downloading %s", ", ".join(missing), root, url)
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = Path(tmp) / "data.zip"
-        try:
-            with urllib.request.urlopen(url, timeout=30) as response, open(archive, "wb") as f:
-                shutil.copyfileobj(response, f)
-        except (urllib.error.URLError, OSError) as e:
-            raise DataError(
-                f"could not download {url} ({e}). Put {', '.join(missing)} in {root.resolve()} "
-                f"or pass dataset.root=DIR (a directory holding {', '.join(n for n in cfg.splits.values() if n)})"
-            ) from None
-        _extract_checked(archive, missing, root, cfg.download.sha256 or {}, url)
-
-
-def _extract_checked(archive: Path, names: list[str], root: Path, sha256: dict, url: str) -> None:
-    try:
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile:
-        raise DataError(f"{url} is not a zip archive") from None
-    with zf:
-        members = {Path(m).name: m for m in zf.namelist() if not m.endswith("/")}
-        for name in names:
-            if name not in members:
-                raise DataError(f"{url} has no {name} (it has: {', '.join(sorted(members))})")
-            data = zf.read(members[name])
-            digest = hashlib.sha256(data).hexdigest()
-            if name in sha256 and digest != sha256[name]:
-                raise DataError(f"{url}: {name} has sha256 {digest}, expected {sha256[name]}; not written")
-            with atomic_write(root / name) as tmp:  # a complete file or none
-                tmp.write_bytes(data)

@@ -3,8 +3,8 @@ cluster needs.
 
 Preemption and time limits. Slurm ends a job with SIGTERM (preemption, scancel, scontrol requeue, the time limit),
 and warns it with SIGUSR2 before the time limit, as the launcher asks (sbatch --signal=USR2@signal_delay_s). On either,
-the trainer saves checkpoints/last at the next step boundary and stops (afqmc/trainer.py), and run.py exits with
-128 + the signal's number. After SIGUSR2 the job hands over to submitit, which requeues it (at most max_num_timeout
+the trainer saves checkpoints/last at the next step boundary and stops (afqmc/training/trainer.py), and run.py exits
+with 128 + the signal's number. After SIGUSR2 the job hands over to submitit, which requeues it (at most max_num_timeout
 times). After SIGTERM it only exits: Slurm requeues a preempted or requeued job itself, and ends the others. A job
 that runs again (SLURM_RESTART_COUNT > 0) runs with trainer.resume=true: it goes on from its checkpoints/last.
 
@@ -28,8 +28,8 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, se
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from omegaconf import OmegaConf, open_dict
 
-from .errors import CheckpointError, SweepError, error_line, first_line
-from .runs import OVERRIDES, find_runs, job_identity, load_run, read_overrides
+from afqmc.errors import CheckpointError, SweepError, error_line, first_line
+from afqmc.runs.records import OVERRIDES, find_runs, job_identity, load_run, read_overrides
 
 log = logging.getLogger(__name__)
 

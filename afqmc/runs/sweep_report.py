@@ -38,7 +38,7 @@ class SweepReport(Callback):
             return  # already written (or no multirun started in this process)
         sweep_dir, self.sweep_dir = self.sweep_dir, None
         try:
-            from .report import write_report
+            from afqmc.report import write_report
 
             log.info("sweep report: %s", write_report(sweep_dir))
         except Exception as e:  # noqa: BLE001  (any failure here must leave the sweep's results alone)

@@ -22,9 +22,9 @@ from torch import nn
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from . import modeling_afqmc
-from .errors import ModelLoadError
-from .modeling_afqmc import AfqmcBertConfig, BertForPairwiseCLS, classify, head_dropout
+from afqmc.errors import ModelLoadError
+from afqmc.models import modeling_afqmc
+from afqmc.models.modeling_afqmc import AfqmcBertConfig, BertForPairwiseCLS, classify, head_dropout
 
 log = logging.getLogger(__name__)
 MODELING_FILE = Path(modeling_afqmc.__file__).name

@@ -25,8 +25,9 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .checkpoint import FREE_KEYS, config_changes, config_snapshot, write_json
-from .errors import CheckpointError, ConfigError, RunDirError, error_line
+from afqmc.config.identity import FREE_KEYS, config_changes, config_snapshot
+from afqmc.errors import CheckpointError, ConfigError, RunDirError, error_line
+from afqmc.files import write_json
 
 SUMMARY = "summary.json"
 RECORD = Path(".hydra")

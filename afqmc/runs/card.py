@@ -17,8 +17,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import CARD
-from .runs import OVERRIDES, read_overrides
+from afqmc.runs.records import OVERRIDES, read_overrides
+from afqmc.training.checkpoint import CARD
 
 RUN_CONFIG = "run_config.yaml"
 METRIC_NAMES = {

@@ -13,13 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import ConfigError, ModelLoadError
-from .registry import MODELS
-from .schema import Key
+from afqmc.config.registry import MODELS
+from afqmc.config.schema import Key
+from afqmc.errors import ConfigError, ModelLoadError
 
 log = logging.getLogger(__name__)
 POOLINGS = ("cls", "mean", "pooler")
-MODULE_KEYS = {  # conf/model/bert_pair_module.yaml, checked before anything loads (afqmc/schema.py)
+MODULE_KEYS = {  # conf/model/bert_pair_module.yaml, checked before anything loads (afqmc/config/schema.py)
     "checkpoint": Key(str),
     "pretrained": Key(bool),
     "dropout": Key(float, null=True, min=0, below=1),
@@ -96,7 +96,7 @@ def _load_config(checkpoint: str, trust: bool, where: dict, head: dict):
     from transformers import AutoConfig, PretrainedConfig
     from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
-    from .modeling_afqmc import MODEL_TYPE, AfqmcBertConfig
+    from afqmc.models.modeling_afqmc import MODEL_TYPE, AfqmcBertConfig
 
     files = {k: v for k, v in where.items() if k != "trust_remote_code"}
     values, _ = PretrainedConfig.get_config_dict(checkpoint, **files)  # JSON only: no code runs
@@ -163,7 +163,7 @@ def load_tokenizer(checkpoint: str, do_lower_case: bool | None = None, trust_rem
 def _build(cfg, label_names: list[str], make):
     """(model, tokenizer): the checkpoint's BERT config with a head for label_names (label_names[i] is the
     raw label of class i), `make(config, where)` builds the model, the checkpoint's tokenizer."""
-    from .modeling_afqmc import MODEL_TYPE
+    from afqmc.models.modeling_afqmc import MODEL_TYPE
 
     trust = cfg.trust_remote_code
     where = {**_resolve(cfg.checkpoint), "trust_remote_code": trust}
@@ -196,7 +196,7 @@ def _modeling(name: str):
     """modeling.py's function `name`, imported when it is called: this module loads no torch."""
 
     def call(*args):
-        from . import modeling
+        from afqmc.models import modeling
 
         return getattr(modeling, name)(*args)
 
@@ -211,7 +211,7 @@ def _modeling(name: str):
     load=_modeling("load_classifier"),
 )
 def build_pair_cls(cfg, label_names: list[str]):
-    from .modeling import build_classifier
+    from afqmc.models.modeling import build_classifier
 
     def make(config, where):
         return build_classifier(config, cfg.pooling, cfg.checkpoint if cfg.pretrained else None, **where)
@@ -227,7 +227,7 @@ def build_pair_cls(cfg, label_names: list[str]):
     load=_modeling("load_module"),
 )
 def build_pair_module(cfg, label_names: list[str]):
-    from .modeling import BertPairModule, load_encoder
+    from afqmc.models.modeling import BertPairModule, load_encoder
 
     def make(config, where):
         return BertPairModule(config, load_encoder(cfg.checkpoint, config, **where) if cfg.pretrained else None)

@@ -1,7 +1,7 @@
 """What a run keeps on disk, and how it is written: checkpoints, the training state, metrics.jsonl.
 
-A checkpoint is a directory: the model as its registration saves it (afqmc/registry.py), its tokenizer,
-in checkpoints/last the TrainState (`state.pt`), the run's config and a model card (afqmc/card.py),
+A checkpoint is a directory: the model as its registration saves it (afqmc/config/registry.py), its tokenizer,
+in checkpoints/last the TrainState (`state.pt`), the run's config and a model card (afqmc/runs/card.py),
 and `checkpoint.json`, written last, naming the registered model and the sha256 of every other file: a
 file changed or cut short after the save is found before it is used. Every file and directory a run
 writes goes through atomic_write, so a reader, or a process killed at any point, finds the old version
@@ -9,7 +9,7 @@ or the new one, never half of one. state.pt holds tensors and plain containers o
 torch.load(weights_only=True): reading a checkpoint runs no code.
 
 torch is imported inside the functions that use it: run.py's config check and the run records
-(afqmc/runs.py) import this module before torch has loaded.
+(afqmc/runs/records.py) import this module before torch has loaded.
 """
 
 from __future__ import annotations
@@ -20,16 +20,12 @@ import logging
 import os
 import pickle
 import random
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from .errors import CheckpointError, error_line
+from afqmc.errors import CheckpointError, error_line
+from afqmc.files import _aside, _remove, atomic_write, recover, sha256
 
 log = logging.getLogger(__name__)
 BEST = Path("checkpoints") / "best"
@@ -37,69 +33,7 @@ LAST = Path("checkpoints") / "last"
 STATE = "state.pt"  # checkpoints/last's TrainState, beside the weights
 CARD = "README.md"  # the model card: people edit it before they share a checkpoint, and nothing loads it, so no sha256
 MANIFEST = "checkpoint.json"  # {"model": the registered model's name, "files": {file: sha256}}
-# Keys that may differ between a run and its resumption: they change nothing of the trajectory.
-FREE_KEYS = {
-    "trainer.resume",
-    "trainer.save_every_steps",
-    "trainer.num_workers",
-    "trainer.predict",
-    "trainer.cpu_threads",
-    "trainer.overwrite",
-    "trainer.keep_last",
-}
-FREE_GROUPS = ("logger.",)  # trackers watch a run and change nothing of it: one may be added on resume
 
-
-# ---------------------------------------------------------------- atomic writes
-def _aside(path: Path, kind: str) -> Path:
-    return path.with_name(f".{path.name}.{kind}")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-
-
-@contextmanager
-def atomic_write(path: Path) -> Iterator[Path]:
-    """Yields a temp path beside `path` to write a file or a directory at; when the block ends without
-    an error, it takes `path`'s place. A file is swapped in by one rename; a directory by two, the old
-    copy renamed aside first, and recover() puts it back after a kill between the two."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _aside(path, "tmp")
-    _remove(tmp)  # left by a process killed while writing
-    try:
-        yield tmp
-    except BaseException:
-        _remove(tmp)
-        raise
-    if tmp.is_dir() and path.exists():
-        old = _aside(path, "old")
-        _remove(old)  # left by a kill after a swap: path is whole, this is stale
-        path.rename(old)
-        tmp.rename(path)  # killed between these two renames: old is the whole previous copy
-        _remove(old)
-    else:
-        tmp.replace(path)
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def write_json(path: Path, obj) -> None:
-    write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
-
-
-def recover(path: Path) -> None:
-    """Puts back the copy that a directory swap (atomic_write) had renamed aside when it was killed."""
-    old = _aside(path, "old")
-    if not path.exists() and old.is_dir():
-        old.rename(path)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -122,7 +56,7 @@ class TrainState:
     data: dict = field(default_factory=dict)  # each split's fingerprint: a resume on other data is refused
     evals_without_gain: int = 0  # early stopping's count: evaluations in a row that did not beat the best by min_delta
     stopped_early: dict | None = None  # {"epoch", "step"} where early stopping ended the run
-    trackers: dict = field(default_factory=dict)  # each tracker's run id (afqmc/loggers.py): resumed, it goes on
+    trackers: dict = field(default_factory=dict)  # each tracker's run id (afqmc/runs/trackers.py): resumed, it goes on
     optimizer: dict = field(default_factory=dict)
     scheduler: dict = field(default_factory=dict)
     scaler: dict = field(default_factory=dict)
@@ -167,18 +101,10 @@ def _umask() -> int:
     return mask
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save(path: Path, model_name: str, model, tokenizer, state: TrainState | None = None, run=None) -> None:
-    """The model (by its registration's save), its tokenizer, with `run` (an afqmc.card.RunInfo) the run's
+    """The model (by its registration's save), its tokenizer, with `run` (an afqmc.runs.card.RunInfo) the run's
     config and a model card, for checkpoints/last the TrainState; checkpoint.json last, with every file's sha256."""
-    from .registry import MODELS
+    from afqmc.config.registry import MODELS
 
     with atomic_write(path) as tmp:
         MODELS.component(model_name).hooks["save"](model, tmp)
@@ -230,7 +156,7 @@ def load_model(path: Path):
     """The model saved at `path`, its files verified, on the CPU in eval mode, by its registration's load."""
     from safetensors import SafetensorError
 
-    from .registry import MODELS
+    from afqmc.config.registry import MODELS
 
     name = verify(path)["model"]
     try:
@@ -285,27 +211,6 @@ def set_rng_state(state: dict, device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and state["cuda"] is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def config_snapshot(cfg) -> dict:
-    """The resolved config as flat {dotted key: value}, to compare a resumption with its run."""
-    flat = {}
-
-    def walk(node, prefix):
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                flat[f"{prefix}{key}"] = value
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return flat
-
-
-def config_changes(saved: dict, now: dict) -> list[str]:
-    """'key: saved -> now' for each key (but FREE_KEYS and FREE_GROUPS) whose value differs."""
-    keys = sorted(k for k in (saved.keys() | now.keys()) - FREE_KEYS if not k.startswith(FREE_GROUPS))
-    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
 
 
 # ---------------------------------------------------------------- metrics.jsonl

@@ -6,7 +6,7 @@ Adding a component is one decorated function or class plus one YAML file:
     def build_lion(cfg, model): ...
 
 A component may also declare its YAML's keys, `register("lion", schema={"lr": Key(float, above=0), ...})`
-(afqmc/schema.py); run.py then rejects a missing, unknown or out-of-range key before anything loads.
+(afqmc/config/schema.py); run.py then rejects a missing, unknown or out-of-range key before anything loads.
 Without a schema, only the name is checked and the other keys pass through as they are.
 `check=fn` adds a test of the whole config that one group's keys cannot express, fn(cfg) raising ConfigError.
 
@@ -20,11 +20,11 @@ What the trainer asks of each kind of component, so that any registered one work
 - an optimizer `build(cfg, model)`, a scheduler `build(cfg, optimizer, total_steps)`, a trainer
   `build(cfg, output_dir)` with `fit() -> best dev value`, and, for afqmc.evaluate,
   `setup_evaluation(checkpoint_dir, split)` then `evaluate(split, show) -> metrics`;
-- an experiment tracker (LOGGERS) `build(cfg, run, run_id) -> tracker` (afqmc/loggers.py). Several may be
+- an experiment tracker (LOGGERS) `build(cfg, run, run_id) -> tracker` (afqmc/runs/trackers.py). Several may be
   chosen at once, so a tracker is named by its key under `logger`, not by a `name:` key.
 
 The built-in components' modules import torch and transformers only when a component is built, so
-that the config is checked within a second of `python run.py` (afqmc/schema.py).
+that the config is checked within a second of `python run.py` (afqmc/config/schema.py).
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import ConfigError, first_line
+from afqmc.errors import ConfigError, first_line
 
 
 class SplitData(Protocol):
-    """A split as the trainer uses it (afqmc/datasets.py has the built-in ones)."""
+    """A split as the trainer uses it (afqmc/data/datasets.py has the built-in ones)."""
 
     streaming: bool  # True: an IterableDataset read in file order, no len() or lengths()
     skipped_lines: int  # bad lines left out (dataset.on_bad_line=skip), for summary.json
@@ -63,7 +63,7 @@ class SplitData(Protocol):
 @dataclass(frozen=True)
 class Component:
     build: Callable[..., Any]
-    schema: dict | None = None  # the keys of its YAML (afqmc/schema.py), None: any keys
+    schema: dict | None = None  # the keys of its YAML (afqmc/config/schema.py), None: any keys
     check: Callable[[Any], None] | None = None  # a test of the whole config, raising ConfigError
     hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)  # e.g. a model's save and load
 
@@ -107,7 +107,13 @@ OPTIMIZERS = Registry("optimizer.name")
 SCHEDULERS = Registry("scheduler.name")
 TRAINERS = Registry("trainer.name")
 LOGGERS = Registry("logger")
-_COMPONENT_MODULES = ["afqmc.data", "afqmc.model", "afqmc.optim", "afqmc.trainer_config", "afqmc.loggers"]
+_COMPONENT_MODULES = [
+    "afqmc.data.components",
+    "afqmc.models.components",
+    "afqmc.training.optim",
+    "afqmc.training.components",
+    "afqmc.runs.trackers",
+]
 
 
 def _import_components() -> None:

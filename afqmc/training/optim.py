@@ -5,11 +5,11 @@ torch and transformers load inside the builders: the config is checked before th
 
 from __future__ import annotations
 
-from .errors import ConfigError
-from .registry import OPTIMIZERS, SCHEDULERS
-from .schema import Key
+from afqmc.config.registry import OPTIMIZERS, SCHEDULERS
+from afqmc.config.schema import Key
+from afqmc.errors import ConfigError
 
-# The keys of each YAML (afqmc/schema.py), checked before anything loads.
+# The keys of each YAML (afqmc/config/schema.py), checked before anything loads.
 DECAYED = {"lr": Key(float, above=0), "weight_decay": Key(float, min=0)}
 ADAMW_KEYS = {
     **DECAYED,

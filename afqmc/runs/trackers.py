@@ -4,7 +4,7 @@ metrics.jsonl stays the run's record; each tracker chosen (`logger=[tensorboard,
 loss and learning rate and every dev metric at the global optimizer step, the resolved config as hyperparameters
 when the run starts, the best evaluation and summary.json when it ends. Only rank 0 starts trackers.
 
-Each backend is a pip extra (`pip install -e ".[tensorboard]"`); the config check (afqmc/schema.py) stops a run
+Each backend is a pip extra (`pip install -e ".[tensorboard]"`); the config check (afqmc/config/schema.py) stops a run
 whose tracker's package is missing before any model loads. The backends are imported inside the functions: the
 config check imports this module for the keys registered here, and must not wait for torch or mlflow.
 """
@@ -22,9 +22,9 @@ from urllib.parse import urlparse
 
 from omegaconf import OmegaConf
 
-from .errors import ConfigError, Interrupted
-from .registry import LOGGERS
-from .schema import Key
+from afqmc.config.registry import LOGGERS
+from afqmc.config.schema import Key
+from afqmc.errors import ConfigError, Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -277,8 +277,8 @@ def start_trackers(cfg, out: Path, state) -> Trackers:
     chosen = OmegaConf.to_container(node, resolve=True) if node else {}
     if not chosen:
         return Trackers({})
-    from .checkpoint import config_snapshot
-    from .runs import OVERRIDES
+    from afqmc.config.identity import config_snapshot
+    from afqmc.runs.records import OVERRIDES
 
     overrides = [str(o) for o in OmegaConf.load(out / OVERRIDES)] if (out / OVERRIDES).is_file() else []
     run = RunInfo(

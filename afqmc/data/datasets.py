@@ -1,6 +1,6 @@
-"""The torch side of afqmc/data.py: datasets over the examples it reads, and the collate function.
+"""The torch side of afqmc/data/reading.py: datasets over the examples it reads, and the collate function.
 
-Each dataset offers what the trainer asks of one (afqmc/registry.py, SplitData): its size, its
+Each dataset offers what the trainer asks of one (afqmc/config/registry.py, SplitData): its size, its
 examples' lengths, encode(), whether it streams, an example's id, and the lines it left out.
 An example's text_b is None in a single-sentence task (dataset.columns.text_b=null): one text is tokenized.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from .checkpoint import sha256
-from .data import SkippedLines, read_examples
+from afqmc.data.reading import SkippedLines, read_examples
+from afqmc.files import sha256
 
 # (file, its mtime, example count, tokenizer, max_length) -> token ids: a sweep's jobs, which Hydra
 # runs one after another in one process, tokenize each split once.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "trainer", "logger")  # the groups with keys of their own
 
 

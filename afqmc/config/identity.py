@@ -1,0 +1,42 @@
+"""A run's config as flat {dotted key: value}, and the keys that change nothing of what a run trains:
+a resumption may change them, and they are no part of a job's identity in a sweep.
+
+Light on purpose (no torch): the run records use it before anything loads.
+"""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+# Keys that may differ between a run and its resumption: they change nothing of the trajectory.
+FREE_KEYS = {
+    "trainer.resume",
+    "trainer.save_every_steps",
+    "trainer.num_workers",
+    "trainer.predict",
+    "trainer.cpu_threads",
+    "trainer.overwrite",
+    "trainer.keep_last",
+}
+FREE_GROUPS = ("logger.",)  # trackers watch a run and change nothing of it: one may be added on resume
+
+
+def config_snapshot(cfg) -> dict:
+    """The resolved config as flat {dotted key: value}, to compare a resumption with its run."""
+    flat = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def config_changes(saved: dict, now: dict) -> list[str]:
+    """'key: saved -> now' for each key (but FREE_KEYS and FREE_GROUPS) whose value differs."""
+    keys = sorted(k for k in (saved.keys() | now.keys()) - FREE_KEYS if not k.startswith(FREE_GROUPS))
+    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]

@@ -1,0 +1,1 @@
+"""The registered models: building, saving and loading them, and their torch classes."""

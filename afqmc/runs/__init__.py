@@ -1,0 +1,1 @@
+"""What a run leaves and who reads it: run directories, model cards, trackers, the Slurm launcher, sweep reports."""

@@ -1,0 +1,1 @@
+"""The training recipe in parts: trainer, evaluator, checkpointer, callbacks, distributed helpers."""
