@@ -8,11 +8,12 @@ import shutil
 import zipfile
 
 import pytest
-from .conftest import compose_cfg, write_jsonl
 
 import afqmc
 from afqmc.clue_submission import main as clue_submission
 from afqmc.report import write_report
+
+from .conftest import compose_cfg, write_jsonl
 
 TNEWS = {100: "news_story", 101: "news_culture", 102: "news_entertainment", 103: "news_sports", 104: "news_finance"}
 TNEWS |= {106: "news_house", 107: "news_car", 108: "news_edu", 109: "news_tech", 110: "news_military"}

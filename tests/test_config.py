@@ -4,12 +4,13 @@ import subprocess
 import sys
 
 import pytest
-from .conftest import CONF, compose_cfg
 from omegaconf import OmegaConf
 
 from afqmc.config.help import defaults
 from afqmc.config.registry import check_names
 from afqmc.errors import ConfigError
+
+from .conftest import CONF, compose_cfg
 
 OPTIONS = [
     (group, f.stem)

@@ -4,7 +4,6 @@ sentences, lines without a gold label, unique prediction ids, task names that fi
 import json
 
 import pytest
-from .conftest import compose_cfg, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
@@ -15,6 +14,8 @@ from afqmc.data.datasets import PairCollator
 from afqmc.data.reading import SkippedLines, read_examples
 from afqmc.errors import ConfigError, DataError
 from afqmc.files import atomic_write
+
+from .conftest import compose_cfg, write_jsonl
 
 ROWS = [("不要借了我是试试看能否操作的", "借款审核期间能否取消借款", "0"), ("花呗怎么还款", "如何还花呗", "1")] * 3
 

@@ -9,10 +9,11 @@ import time
 
 import pytest
 import torch
-from .conftest import ENV, ROOT, SMOKE_PAIRS, records, run_py, smoke_steps, start_run, summary
 
 from afqmc.models.modeling import BertForPairwiseCLS
 from afqmc.training.checkpoint import TrainState, find_last
+
+from .conftest import ENV, ROOT, SMOKE_PAIRS, records, run_py, smoke_steps, start_run, summary
 
 SMOKE = ["experiment=smoke", "trainer.log_every=1", "trainer.predict=false"]
 

@@ -7,7 +7,6 @@ import tracemalloc
 import zipfile
 
 import pytest
-from .conftest import compose_cfg, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
@@ -17,6 +16,8 @@ from afqmc.data.datasets import PairCollator, StreamingPairDataset
 from afqmc.data.download import ensure_downloaded
 from afqmc.data.reading import read_examples
 from afqmc.errors import DataError
+
+from .conftest import compose_cfg, write_jsonl
 
 
 def afqmc_cfg(root, *overrides):

@@ -141,7 +141,9 @@ def test_the_best_is_replaced_only_by_a_real_improvement(tmp_path, pairs_dir, ti
     scores = iter([0.6683750376846548, 0.6683750376846549, 0.7])
     monkeypatch.setattr(trainer, "evaluate", lambda split, show=False: {"f1_macro": next(scores), "loss": 0.5})
     saved = []
-    monkeypatch.setattr(afqmc.training.checkpoint, "save", lambda path, *args, **kwargs: saved.append(trainer.state.step))
+    monkeypatch.setattr(
+        afqmc.training.checkpoint, "save", lambda path, *args, **kwargs: saved.append(trainer.state.step)
+    )
     for step in (1, 2, 3):
         trainer.state.step = step
         trainer._evaluate_dev(epoch=step)

@@ -4,10 +4,11 @@ import json
 import math
 
 import pytest
-from .conftest import SMOKE_BATCH, SMOKE_PAIRS, compose_cfg, smoke_steps, summary, torchrun_py
 
 from afqmc.training.checkpoint import load_model
 from afqmc.training.components import build_trainer
+
+from .conftest import SMOKE_BATCH, SMOKE_PAIRS, compose_cfg, smoke_steps, summary, torchrun_py
 
 EVAL_BATCH = 16
 

@@ -2,10 +2,11 @@
 reloads as usual."""
 
 import torch
-from .test_model import BATCH
 
 from afqmc.models.fast_dropout import fast_dropout, use_fast_dropout
 from afqmc.models.modeling import BertForPairwiseCLS
+
+from .test_model import BATCH
 
 
 def test_drops_at_rate_p_and_keeps_the_mean():

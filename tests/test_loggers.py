@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from .conftest import ENV, ROOT, compose_cfg, read_jsonl, run_py, summary
 from omegaconf import OmegaConf
 
 import afqmc
+
+from .conftest import ENV, ROOT, compose_cfg, read_jsonl, run_py, summary
 
 TRACKED = ["trainer.batch_size=2", "trainer.epochs=2", "trainer.log_every=2", "trainer.eval_every_steps=5"]
 

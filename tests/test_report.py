@@ -11,13 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from .conftest import CONF, ROOT, run_py
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from afqmc.report import labels, write_report
 from afqmc.runs.records import find_runs, load_run
 from afqmc.runs.sweep_report import SweepReport
+
+from .conftest import CONF, ROOT, run_py
 
 SMALL = ["experiment=smoke", "trainer.epochs=1", "dataset.max_train_samples=64", "trainer.predict=false"]  # 4 steps
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

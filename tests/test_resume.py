@@ -6,12 +6,13 @@ import signal
 import time
 
 import pytest
-from .conftest import records, run_py, smoke_steps, start_run, summary
 
 from afqmc.data.sampling import TrainBatchSampler
 from afqmc.errors import CheckpointError
 from afqmc.runs.records import completed_summary
 from afqmc.training.checkpoint import TrainState
+
+from .conftest import records, run_py, smoke_steps, start_run, summary
 
 # checkpoints/last every 5 steps: nine mid-epoch checkpoints per smoke epoch; a train record each step, so
 # that the kill lands after records the resumed run must replay (not repeat).

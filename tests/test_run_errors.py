@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+
 from .conftest import ENV, ROOT, hub_cache, run_py
 
 

@@ -5,13 +5,14 @@ import json
 from pathlib import Path
 
 import pytest
-from .conftest import compose_cfg
-from .test_model import model_cfg
 
 import afqmc
 from afqmc.errors import ModelLoadError
 from afqmc.models.components import build_pair_cls as build_model
 from afqmc.training import checkpoint
+
+from .conftest import compose_cfg
+from .test_model import model_cfg
 
 
 def test_checkpoints_are_safetensors_only(tiny_bert_dir, tmp_path):

@@ -3,13 +3,14 @@
 import json
 
 import pytest
-from .conftest import CONF, compose_cfg, hub_cache
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from afqmc.config.registry import LOGGERS, OPTIMIZERS, Component
 from afqmc.config.schema import Key, check_config, compose_error
 from afqmc.errors import ConfigError
+
+from .conftest import CONF, compose_cfg, hub_cache
 
 OPTIONS = [
     (group, f.stem)

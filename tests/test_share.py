@@ -10,8 +10,6 @@ import sys
 
 import pytest
 import torch
-from .conftest import ENV, compose_cfg, read_jsonl, summary, write_jsonl
-from .test_train import product_pairs
 from omegaconf import OmegaConf
 
 import afqmc
@@ -19,6 +17,9 @@ from afqmc import evaluate, predict
 from afqmc.errors import CheckpointError
 from afqmc.runs.card import RunInfo, model_card
 from afqmc.training import checkpoint
+
+from .conftest import ENV, compose_cfg, read_jsonl, summary, write_jsonl
+from .test_train import product_pairs
 
 VARIANTS = {  # the checkpoint formats: a plain BERT classifier, and afqmc's own architecture thrice
     "pooler": ["model.pooling=pooler"],

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
 from .conftest import ROOT, records, start_run, summary
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -3,13 +3,14 @@
 import random
 
 import pytest
-from .conftest import compose_cfg, kill_after_save, read_jsonl, records, run_py, summary, write_jsonl
-from .test_train import product_pairs
 
 import afqmc
 from afqmc.errors import TrainingError
 from afqmc.report import write_report
 from afqmc.training.checkpoint import TrainState
+
+from .conftest import compose_cfg, kill_after_save, read_jsonl, records, run_py, summary, write_jsonl
+from .test_train import product_pairs
 
 STEPS_PER_EPOCH = 6  # pairs_dir: 12 train pairs, 2 a batch
 

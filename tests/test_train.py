@@ -6,12 +6,13 @@ import subprocess
 import sys
 
 import pytest
-from .conftest import ROOT, SMOKE_PAIRS, compose_cfg, run_py, write_jsonl
 
 import afqmc
 from afqmc import evaluate
 from afqmc.training.checkpoint import load_model
 from afqmc.training.components import build_trainer
+
+from .conftest import ROOT, SMOKE_PAIRS, compose_cfg, run_py, write_jsonl
 
 PRODUCTS = ["余额宝", "信用卡", "网商贷", "支付宝"]  # one length: pair length says nothing of the label
 

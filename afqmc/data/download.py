@@ -16,6 +16,7 @@ from afqmc.files import atomic_write
 
 log = logging.getLogger(__name__)
 
+
 def ensure_downloaded(cfg, split: str | None = None) -> None:
     """Fetch the corpus zip when the split's file (any split's, with split=None) is missing, and take
     every missing split file from it, checking each file's sha256."""

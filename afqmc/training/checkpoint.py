@@ -35,7 +35,6 @@ CARD = "README.md"  # the model card: people edit it before they share a checkpo
 MANIFEST = "checkpoint.json"  # {"model": the registered model's name, "files": {file: sha256}}
 
 
-
 # ---------------------------------------------------------------- checkpoints
 @dataclass
 class TrainState:
