@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -78,29 +79,74 @@ def hub_cache(root: Path, name: str, config: dict) -> Path:
     return root
 
 
-KILLED = (  # python -c KILLED run.py ARGS: run.py, SIGKILLed right after saving checkpoints/last at step $KILL_AT
-    "import os, runpy, signal, sys, afqmc.training.trainer\n"
-    "save = afqmc.training.trainer.Trainer._save_last\n"
-    "def killed(self, *args):\n"
-    "    save(self, *args)\n"
-    "    if self.state.step == int(os.environ['KILL_AT']):\n"
-    "        os.kill(os.getpid(), signal.SIGKILL)\n"
-    "afqmc.training.trainer.Trainer._save_last = killed\n"
-    "sys.argv[:2] = [sys.argv[1]]\n"
-    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
-)
+# What the signal hook patches, named here and nowhere else: when the trainer's parts move, this is the line to change.
+# Each point is "module:Class.method:steps", `steps` an argument of the method (`self` included) and the attribute
+# of it that counts the optimizer steps done once the method has returned.
+SIGNAL_POINTS = {
+    # torch's LRScheduler.step, which the trainer calls once per optimizer step: after the step's update of the
+    # weights, before its record, its evaluation and its stop check. last_epoch (restored on resume) counts the steps.
+    "step": "torch.optim.lr_scheduler:LRScheduler.step:self.last_epoch",
+    # the trainer's save of checkpoints/last
+    "saved": "afqmc.training.trainer:Trainer._save_last:self.state.step",
+}
+
+# python -c SIGNAL_HOOK run.py ARGS: run.py, as `python run.py ARGS` runs it, that sends itself the signals
+# $HOOK_SIGNALS (numbers, in order) once the method of $HOOK_POINT returns at optimizer step $HOOK_STEP.
+SIGNAL_HOOK = textwrap.dedent("""
+    import importlib, inspect, operator, os, runpy, signal, sys, types
+    module, method, steps = os.environ["HOOK_POINT"].split(":")
+    owner, name = method.split(".")
+    cls = getattr(importlib.import_module(module), owner)
+    original, at = getattr(cls, name), int(os.environ["HOOK_STEP"])
+    signums = [signal.Signals(int(n)) for n in os.environ["HOOK_SIGNALS"].split(",")]
+    signature = inspect.signature(original)
+
+    def hooked(*args, **kwargs):
+        result = original(*args, **kwargs)
+        call = types.SimpleNamespace(**signature.bind(*args, **kwargs).arguments)
+        if operator.attrgetter(steps)(call) == at:
+            print(f"signal hook: {'+'.join(s.name for s in signums)} at step {at}", flush=True)
+            for signum in signums:
+                os.kill(os.getpid(), signum)  # (its handler runs before os.kill returns)
+        return result
+
+    setattr(cls, name, hooked)
+    sys.argv[:2] = [sys.argv[1]]
+    sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))  # as `python run.py` sets it
+    runpy.run_path(sys.argv[0], run_name="__main__")
+""")
+
+
+def signal_at(step: int, signums, *args, point="step", cwd=ROOT, torchrun=False, timeout=300):
+    """python run.py ARGS (or torchrun ... run.py ARGS, each rank alike), that sends itself `signums` (one signal or
+    several, in order) from inside the process at optimizer step `step`: at point "step", during that step (after
+    its update of the weights, before its record, its evaluation and its stop check), as if they had come from
+    outside at that moment; at point "saved", right after it saves checkpoints/last at that step.
+    SIGNAL_POINTS names what is patched. No clock: the same step every time. Waited for; stdout and stderr
+    together in .stdout."""
+    signums = [signums] if isinstance(signums, int) else list(signums)
+    launcher = (*TORCHRUN, "--no-python", sys.executable) if torchrun else (sys.executable,)
+    env = {
+        **ENV,
+        "HOOK_POINT": SIGNAL_POINTS[point],
+        "HOOK_STEP": str(step),
+        "HOOK_SIGNALS": ",".join(str(int(s)) for s in signums),
+    }
+    return subprocess.run(
+        [*launcher, "-c", SIGNAL_HOOK, str(ROOT / "run.py"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def kill_after_save(step: int, *args) -> None:
     """python run.py ARGS, killed (SIGKILL) right after it saves checkpoints/last at `step`."""
-    proc = subprocess.run(
-        [sys.executable, "-c", KILLED, str(ROOT / "run.py"), *args],
-        cwd=ROOT,
-        env={**ENV, "KILL_AT": str(step)},
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    proc = signal_at(step, signal.SIGKILL, *args, point="saved")
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-3000:]
 
 
 def records(run_dir: Path) -> list[dict]:
