@@ -1,11 +1,10 @@
-"""Crashes lose nothing already earned: a diverged run, a Ctrl-C or SIGTERM (a second Ctrl-C too), a kill
+"""Crashes lose nothing already earned: a diverged run, a Ctrl-C, SIGTERM or SIGUSR2 (a second Ctrl-C too), a kill
 in the middle of a save."""
 
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ import torch
 from afqmc.models.modeling import BertForPairwiseCLS
 from afqmc.training.checkpoint import TrainState, find_last
 
-from .conftest import ENV, ROOT, SMOKE_PAIRS, records, run_py, smoke_steps, start_run, summary
+from .conftest import ENV, ROOT, records, run_py, signal_at, smoke_steps, summary
 
 SMOKE = ["experiment=smoke", "trainer.log_every=1", "trainer.predict=false"]
 
@@ -46,13 +45,6 @@ def test_diverged_run_stops_with_its_step_and_keeps_finite_checkpoints(tmp_path)
 STOPPED = [*SMOKE, "trainer.epochs=1", "trainer.save_every_steps=null"]
 
 
-def wait_for_steps(proc, run_dir, steps):
-    metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + 120
-    while not (metrics.exists() and metrics.read_text().count("\n") >= steps):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """The run that the stopped runs below must end as: the same config, never stopped."""
@@ -62,21 +54,24 @@ def straight(tmp_path_factory):
     return run_dir
 
 
-# SIGTERM: what Slurm (and most process managers) send to end a job; exit codes as a shell reports a signal's.
+# SIGTERM: what Slurm (and most process managers) send to end a job; SIGUSR2: the warning the Slurm launcher has
+# sbatch send before the time limit. Exit codes as a shell reports a signal's.
 @pytest.mark.slow
-@pytest.mark.parametrize("signum,name", [(signal.SIGINT, "Ctrl-C (SIGINT)"), (signal.SIGTERM, "SIGTERM")])
+@pytest.mark.parametrize(
+    "signum,name",
+    [(signal.SIGINT, "Ctrl-C (SIGINT)"), (signal.SIGTERM, "SIGTERM"), (signal.SIGUSR2, "SIGUSR2")],
+)
 def test_a_stop_signal_saves_last_marks_the_summary_and_resumes_to_the_same_result(tmp_path, straight, signum, name):
     args = [*STOPPED, f"hydra.run.dir={tmp_path}"]
-    proc = start_run(*args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for_steps(proc, tmp_path, 3)  # three steps done: mid-epoch
-    proc.send_signal(signum)
-    out = proc.communicate(timeout=120)[0]
+    proc = signal_at(3, signum, *args)  # during the third step: mid-epoch
+    out = proc.stdout
     assert proc.returncode == 128 + signum, out[-3000:]
     assert "Traceback" not in out and "trainer.resume=true" in out
     stopped = summary(tmp_path)
     assert stopped["status"] == "interrupted" and stopped["error"].startswith(f"Interrupted: {name} at epoch 1, step ")
     state = TrainState.load(tmp_path / "checkpoints" / "last" / "state.pt")
     assert state.epoch == 1 and 3 <= state.batch < smoke_steps() and state.step == state.batch
+    assert state.step == 3  # the step the signal came in, ended before it stopped
     steps = [record["step"] for record in records(tmp_path)]
     assert steps == list(range(1, state.step + 1))  # everything logged up to the stop, nothing past it
 
@@ -90,24 +85,19 @@ def test_a_stop_signal_saves_last_marks_the_summary_and_resumes_to_the_same_resu
 
 @pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_and_still_marks_the_summary(tmp_path):
-    # A step over the whole train split lasts long enough for the second Ctrl-C to come before it ends.
-    args = [*SMOKE, "trainer.epochs=5", f"trainer.batch_size={SMOKE_PAIRS['train']}", f"hydra.run.dir={tmp_path}"]
-    proc = start_run(*args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for_steps(proc, tmp_path, 1)
-    proc.send_signal(signal.SIGINT)
-    out = ""
-    for line in proc.stdout:  # the first Ctrl-C is taken: the run says it stops after this step
-        out += line
-        if "saving checkpoints/last after this step" in line:
-            proc.send_signal(signal.SIGINT)
-            break
-    out += proc.communicate(timeout=120)[0]
+    # Two Ctrl-C within the first step: the first is taken (the run says it stops after this step), the second
+    # comes before that step ends.
+    proc = signal_at(1, (signal.SIGINT, signal.SIGINT), *SMOKE, "trainer.epochs=1", f"hydra.run.dir={tmp_path}")
+    out = proc.stdout
+    assert "Ctrl-C (SIGINT): saving checkpoints/last after this step" in out, out[-3000:]
     assert proc.returncode == 130, out[-3000:]
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
     assert summary(tmp_path) == {
         "status": "interrupted",
         "error": "Interrupted: Ctrl-C (SIGINT) again: stopped at once, checkpoints/last not saved",
     }
+    assert not (tmp_path / "checkpoints" / "last").exists()  # at once: not after the step
+    assert (tmp_path / "metrics.jsonl").read_text() == ""  # the step stopped before its record
 
 
 # Saves a checkpoint, changes the weights, and saves again into the same place, killed (SIGKILL) at

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,12 @@ from afqmc.training.checkpoint import TrainState
 from .conftest import (
     ENV,
     ROOT,
-    TORCHRUN,
     compose_cfg,
     read_jsonl,
     records,
     run_py,
+    signal_at,
     smoke_steps,
-    start_run,
     summary,
     torchrun_py,
 )
@@ -61,24 +59,15 @@ def one_line_error(proc, *needles):
 
 
 def interrupt(run_dir: Path, *args, cwd=ROOT) -> str:
-    """python run.py ARGS, stopped with Ctrl-C after its second step; returns its output."""
-    proc = start_run(
-        *args, f"hydra.run.dir={run_dir}", cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    run_dir = cwd / run_dir
-    deadline = time.monotonic() + 120
-    while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().count("\n") >= 2):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, out[-3000:]
-    return out
+    """python run.py ARGS, stopped with Ctrl-C in its second step; returns its output."""
+    proc = signal_at(2, signal.SIGINT, *args, f"hydra.run.dir={run_dir}", cwd=cwd)
+    assert proc.returncode == 130, proc.stdout[-3000:]
+    return proc.stdout
 
 
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
-    """A run of 50 steps stopped by Ctrl-C after its second, on a copy of the smoke data, with paths relative to
+    """A run of 50 steps stopped by Ctrl-C in its second, on a copy of the smoke data, with paths relative to
     where it ran (so that a copy of that directory is the same run); its printed hint."""
     base = tmp_path_factory.mktemp("interrupted")
     shutil.copytree(ROOT / "afqmc" / "assets" / "smoke", base / "data")
@@ -420,22 +409,9 @@ def test_torchrun_resumes_each_ranks_own_loss(tmp_path):
     straight = torchrun_py(*args, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr[-3000:]
     run_dir = tmp_path / "stopped"
-    proc = subprocess.Popen(
-        [*TORCHRUN, str(ROOT / "run.py"), *args, f"hydra.run.dir={run_dir}"],
-        env=ENV,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().count("\n") >= 2):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
-    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    for pid in workers:  # Ctrl-C reaches the workers; the ranks agree to stop at the next log step
-        os.kill(int(pid), signal.SIGINT)
-    out = proc.communicate(timeout=120)[0]
+    # Ctrl-C reaches the workers (each rank's in its second step); the ranks agree to stop at the next log step
+    proc = signal_at(2, signal.SIGINT, *args, f"hydra.run.dir={run_dir}", cwd=tmp_path, torchrun=True)
+    out = proc.stdout
     hint = next(line for line in out.splitlines() if "go on with: " in line).split("go on with: ")[1]
     assert hint == f"torchrun --standalone --nproc_per_node=2 run.py hydra.run.dir={run_dir} trainer.resume=true"
     stopped = read_jsonl(run_dir / "metrics.jsonl")
