@@ -3,50 +3,30 @@ skips its finished jobs and resumes the others."""
 
 import json
 import signal
-import time
 
 import pytest
 
 from afqmc.data.sampling import TrainBatchSampler
-from afqmc.errors import CheckpointError
 from afqmc.runs.records import completed_summary
 from afqmc.training.checkpoint import TrainState
 
-from .conftest import records, run_py, smoke_steps, start_run, summary
+from .conftest import records, run_py, signal_at, smoke_steps, summary
 
 # checkpoints/last every 5 steps: nine mid-epoch checkpoints per smoke epoch; a train record each step, so
 # that the kill lands after records the resumed run must replay (not repeat).
 SMOKE = ["experiment=smoke", "trainer.save_every_steps=5", "trainer.log_every=1", "trainer.predict=false"]
 
 
-def read_state(run_dir):
-    """checkpoints/last's training state, or None (none yet, or caught between the renames of a save)."""
-    try:
-        return TrainState.load(run_dir / "checkpoints" / "last" / "state.pt")
-    except CheckpointError:
-        return None
-
-
 def last_step(run_dir):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
-    return max((json.loads(line)["step"] for line in lines[:-1]), default=0)  # the last line may be half written
+    return max(json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines())
 
 
-def kill_mid_epoch(proc, run_dir, epoch, after_step=0):
-    """SIGKILL the run once checkpoints/last holds a position inside `epoch` or a later one (and past
-    `after_step`), and metrics.jsonl has gone past it."""
-    deadline = time.monotonic() + 240
-    while proc.poll() is None and time.monotonic() < deadline:
-        state = read_state(run_dir)
-        if state and state.epoch >= epoch and state.batch > 0 and last_step(run_dir) > state.step > after_step:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            break
-        time.sleep(0.01)
-    else:
-        proc.kill()
-        pytest.fail(f"no mid-epoch checkpoint in epoch >= {epoch} before the run ended (rc {proc.returncode})")
-    state = read_state(run_dir)
+def kill_mid_epoch(step, run_dir, *args):
+    """python run.py ARGS hydra.run.dir=RUN_DIR, killed (SIGKILL) during optimizer step `step`, before its record:
+    past a mid-epoch checkpoints/last, with records past it in metrics.jsonl. Returns checkpoints/last's state."""
+    proc = signal_at(step, signal.SIGKILL, *args, f"hydra.run.dir={run_dir}")
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-3000:]
+    state = TrainState.load(run_dir / "checkpoints" / "last" / "state.pt")
     assert state.batch > 0, "the run went past its mid-epoch checkpoint before the kill landed"
     assert last_step(run_dir) > state.step
     assert completed_summary(run_dir) is None  # (a summary of the failed attempt below may be there)
@@ -74,11 +54,12 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, model):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "no " in (log := (straight / "run.log").read_text()) and "starting from scratch" in log
 
-    first = kill_mid_epoch(start_run(*args, f"hydra.run.dir={killed}"), killed, epoch=1)
-
-    # killed again once resumed, in epoch 2 (whose start it may have reached before or after the first kill)
-    resumed = start_run(*args, "trainer.resume=true", f"hydra.run.dir={killed}")
-    second = kill_mid_epoch(resumed, killed, epoch=2, after_step=first.step)
+    # killed in step 13 (checkpoints/last at step 10), then once resumed in step 58 (at step 55), in epoch 2
+    first = kill_mid_epoch(13, killed, *args)
+    assert (first.epoch, first.batch, first.step) == (1, 10, 10)
+    second = kill_mid_epoch(smoke_steps() + 8, killed, *args, "trainer.resume=true")
+    assert second.epoch == 2 and second.step > first.step
+    assert (second.batch, second.step) == (5, smoke_steps() + 5)
     proc = run_py(*args, "trainer.resume=true", f"hydra.run.dir={killed}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (killed / "run.log").read_text()
@@ -101,11 +82,7 @@ def test_sweep_rerun_skips_finished_jobs_and_resumes_the_rest(tmp_path):
     proc = run_py(*sweep, "optimizer.lr=1e-3")  # job 0 finishes...
     assert proc.returncode == 0, proc.stderr[-3000:]
     # ... and job 1 (optimizer.lr=2e-3) is killed mid-epoch: the same config as the sweep gives it
-    kill_mid_epoch(
-        start_run(*SMOKE, "trainer.epochs=1", "optimizer.lr=2e-3", f"hydra.run.dir={tmp_path / '1'}"),
-        tmp_path / "1",
-        epoch=1,
-    )
+    kill_mid_epoch(13, tmp_path / "1", *SMOKE, "trainer.epochs=1", "optimizer.lr=2e-3")
     finished = tmp_path / "0" / "summary.json"
     mtime = finished.stat().st_mtime_ns
 
