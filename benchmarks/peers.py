@@ -72,6 +72,7 @@ def hf_trainer(args, out_dir: str, pad_to_max: bool) -> dict:
         logging_steps=50,
         use_cpu=args.device == "cpu",
         bf16=args.bf16,
+        torch_compile=args.compile,  # as --compile does in this framework
         disable_tqdm=True,
         train_sampling_strategy="random" if pad_to_max else "group_by_length",
     )

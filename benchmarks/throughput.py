@@ -5,6 +5,8 @@
 Each loop trains the same model class on the same first N train pairs with the same batch size,
 learning rate and seed, in a fresh child process, one after another; each reports training
 samples/s (training steps only: no loading, no evaluation) and its process's peak memory.
+--compile compiles the model in this framework and in the Trainer (torch_compile); --also-compiled
+runs every loop eager, then compiled. Exits 1 when a loop failed.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast in every loop that has it")
-    ap.add_argument("--compile", action="store_true", help="torch.compile in this framework")
+    ap.add_argument("--compile", action="store_true", help="torch.compile in this framework and the Trainer")
+    ap.add_argument("--also-compiled", action="store_true", help="each loop eager, then compiled (after all eager)")
     ap.add_argument(
         "--random", dest="pretrained", action="store_false", help="random weights from the config (speed only)"
     )
@@ -108,30 +111,46 @@ def main() -> None:
     args = ap.parse_args()
     if args.one:
         return child(args)
-    runs = {name: [] for name in args.loops.split(",")}
+    # a run is (loop, compiled); --also-compiled: every loop eager first, then every loop compiled
+    modes = [False, True] if args.also_compiled else [args.compile]
+    runs = {(name, compiled): [] for compiled in modes for name in args.loops.split(",")}
+    failed = False
     for round_ in range(args.repeat):  # rounds interleave the loops: a slow spell of a shared machine hits all of them
-        for name, results in runs.items():
-            cmd = [sys.executable, __file__, "--one", name, *sys.argv[1:]]
+        for (name, compiled), results in runs.items():
+            argv = [a for a in sys.argv[1:] if a != "--compile"] + (["--compile"] if compiled else [])
+            cmd = [sys.executable, __file__, "--one", name, *argv]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode or not line:
-                print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+                print(f"{label(name, compiled)} failed:\n{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
+                failed = True
                 continue
             results.append(r := json.loads(line[-1][7:]))
             r["sps"] = r["samples"] / r["seconds"]
             print(
-                f"{name:16s} {r['sps']:8.1f} samples/s  peak {r['peak_mib']:8.0f} MiB  "
-                f"({LOOPS[name]}, round {round_ + 1})",
+                f"{label(name, compiled):24s} {r['sps']:8.1f} samples/s  peak {r['peak_mib']:8.0f} MiB  "
+                f"({LOOPS[name]}{', compiled' if compiled else ''}, round {round_ + 1})",
                 flush=True,
             )
-    sps = {name: statistics.median(r["sps"] for r in results) for name, results in runs.items() if results}
-    if args.repeat > 1:
-        print(f"\nmedian of {args.repeat} rounds: " + ", ".join(f"{name} {v:.1f}" for name, v in sps.items()))
-    if "afqmc" in sps:
-        print(
-            "afqmc speed-up: "
-            + ", ".join(f"{sps['afqmc'] / v:.2f}x {name}" for name, v in sps.items() if name != "afqmc")
-        )
+    for compiled in modes:
+        sps = {
+            name: statistics.median(r["sps"] for r in res) for (name, c), res in runs.items() if c == compiled and res
+        }
+        if args.repeat > 1:
+            print(
+                f"\nmedian of {args.repeat} rounds{', compiled' if compiled else ''}: "
+                + ", ".join(f"{name} {v:.1f}" for name, v in sps.items())
+            )
+        if "afqmc" in sps:
+            print(
+                f"afqmc speed-up{' (compiled)' if compiled else ''}: "
+                + ", ".join(f"{sps['afqmc'] / v:.2f}x {name}" for name, v in sps.items() if name != "afqmc")
+            )
+    sys.exit(1 if failed else 0)
+
+
+def label(name: str, compiled: bool) -> str:
+    return name + ("+compile" if compiled else "")
 
 
 if __name__ == "__main__":
