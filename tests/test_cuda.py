@@ -31,7 +31,7 @@ CUDA = ["experiment=smoke", "trainer.device=cuda", "trainer.save_every_steps=20"
 def train(run_dir, *overrides) -> dict:
     """python run.py on the smoke data on the GPU; the run's summary.json."""
     proc = run_py(*CUDA, f"hydra.run.dir={run_dir}", *overrides)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]  # (run.py's one-line error: stdout)
     return summary(run_dir)
 
 
@@ -74,23 +74,28 @@ def test_trains_in_each_precision(precision, bf16_run, tmp_path):
 
 
 def test_compiled_run_trains_like_the_eager_one(bf16_run, tmp_path):
-    """trainer.compile=true pads to multiples of 32 instead of 8: same pairs, same losses up to bf16 noise."""
-    s = train(tmp_path / "compiled", "trainer.precision=bf16", "trainer.compile=true")
+    """trainer.compile=true (lengths padded to multiples of 32, not 8): the same steps, a first loss within the
+    tolerance, and a best checkpoint that the CPU reloads to the run's own dev figures (no compiled-module names in
+    the saved weights, the compiled evaluation agreeing with an eager one)."""
+    run_dir = tmp_path / "compiled"
+    s = train(run_dir, "trainer.precision=bf16", "trainer.compile=true")
     assert_trained(s, "bf16")
     eager = [r for r in records(bf16_run) if r["type"] == "train"]
-    compiled = [r for r in records(tmp_path / "compiled") if r["type"] == "train"]
+    compiled = [r for r in records(run_dir) if r["type"] == "train"]
     assert [r["step"] for r in compiled] == [r["step"] for r in eager]
-    # the first logged loss (step 5), before hundreds of steps of bf16 noise part the two runs
+    # the first logged loss (step 5): later, compiled dropout's own random masks and bf16 noise part the two runs
     assert math.isclose(compiled[0]["loss"], eager[0]["loss"], rel_tol=LOSS_RTOL), (compiled[0], eager[0])
+    _, cpu_dev = cpu_predict(run_dir / "checkpoints" / "best", "dev", tmp_path / "dev.jsonl")
+    assert not close(s["dev"], cpu_dev, ["accuracy", "f1_macro", "loss"]), (s["dev"], cpu_dev)
 
 
 def test_sigkill_and_resume_ends_as_the_straight_run(bf16_run, tmp_path):
     """SIGKILL right after checkpoints/last is saved in epoch 2, then trainer.resume=true: the same records
-    (steps, epochs) with losses and dev metrics within the tolerances, and the same best epoch."""
+    (steps, epochs) with losses and dev metrics within the tolerances, and the best within METRIC_ATOL."""
     killed = tmp_path / "killed"
     kill_after_save(60, *CUDA, "trainer.precision=bf16", f"hydra.run.dir={killed}")
     proc = run_py(f"hydra.run.dir={killed}", "trainer.resume=true")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "resuming from" in (killed / "run.log").read_text()
     straight, resumed = records(bf16_run), records(killed)
     assert [(r["type"], r.get("epoch"), r.get("step")) for r in resumed] == [
@@ -99,7 +104,7 @@ def test_sigkill_and_resume_ends_as_the_straight_run(bf16_run, tmp_path):
     diffs = [f"step {a.get('step')} {d}" for a, b in zip(straight, resumed) for d in close(a, b, a)]
     assert not diffs, diffs
     a, b = summary(bf16_run), summary(killed)
-    assert b["status"] == "completed" and b["best"]["epoch"] == a["best"]["epoch"], (a["best"], b["best"])
+    assert b["status"] == "completed" and abs(a["best"]["value"] - b["best"]["value"]) <= METRIC_ATOL, (a, b)
     assert not close(a["dev"], b["dev"], a["dev"]), (a["dev"], b["dev"])
 
 
@@ -108,26 +113,26 @@ def test_predictions_and_the_best_checkpoint_on_the_cpu(bf16_run, tmp_path):
     CPU (fp32), gives the same labels where it is confident and the run's dev figures within the tolerances."""
     gpu = read_jsonl(bf16_run / "predictions" / "afqmc_predict.json")
     assert len(gpu) == SMOKE_PAIRS["test"]
-    cpu_env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}  # the CPU, as a GPU-less host
     best = bf16_run / "checkpoints" / "best"
-
-    def predict(split):
-        out = tmp_path / f"{split}.jsonl"
-        cmd = [sys.executable, "-m", "afqmc.predict", str(best), "--file", str(SMOKE / f"{split}.json")]
-        proc = subprocess.run(cmd + ["--output", str(out)], cwd=ROOT, env=cpu_env, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return read_jsonl(out), proc.stdout
-
-    cpu, _ = predict("test")
+    cpu, _ = cpu_predict(best, "test", tmp_path / "test.jsonl")
     assert [r["id"] for r in cpu] == [r["id"] for r in gpu]
     flips = [(g, c) for g, c in zip(gpu, cpu) if c["probability"] > CONFIDENT and c["label"] != g["label"]]
     assert not flips, flips
     assert sum(c["probability"] > CONFIDENT for c in cpu) >= len(cpu) // 2, "the smoke model should be trained"
-    _, printed = predict("dev")  # "accuracy 0.8100 f1_macro ..." on standard output with --output
-    words = printed.split()
-    cpu_dev = {k: float(v) for k, v in zip(words[::2], words[1::2])}
     dev = summary(bf16_run)["dev"]
+    _, cpu_dev = cpu_predict(best, "dev", tmp_path / "dev.jsonl")
     assert not close(dev, cpu_dev, ["accuracy", "f1_macro", "loss"]), (dev, cpu_dev)
+
+
+def cpu_predict(checkpoint, split: str, out) -> tuple[list[dict], dict[str, float]]:
+    """python -m afqmc.predict CHECKPOINT --file <smoke split> on the CPU (fp32), as on a host without a GPU:
+    its predictions, and the metrics it prints (on standard output with --output) when the split has labels."""
+    cmd = [sys.executable, "-m", "afqmc.predict", str(checkpoint), "--file", str(SMOKE / f"{split}.json")]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*cmd, "--output", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    words = proc.stdout.split()  # "accuracy 0.8100 f1_macro 0.8095 ..."
+    return read_jsonl(out), {k: float(v) for k, v in zip(words[::2], words[1::2])}
 
 
 # ---------------------------------------------------------------- encoders that are not BERT
