@@ -40,7 +40,7 @@ class TrainingError(AfqmcError):
 
 
 class Interrupted(AfqmcError):
-    """A stop signal (afqmc/training/trainer.py STOP_SIGNALS): checkpoints/last is saved; run.py marks the summary
+    """A stop signal (afqmc/training/signals.py): checkpoints/last is saved; run.py marks the summary
     interrupted and exits with 128 + the signal's number, as a shell reports a process that a signal ended
     (130: Ctrl-C)."""
 

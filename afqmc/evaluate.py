@@ -23,7 +23,7 @@ from afqmc.config.identity import config_snapshot
 from afqmc.errors import AfqmcError, ConfigError, ModelLoadError
 from afqmc.files import recover, write_json
 from afqmc.runs.records import CONFIG
-from afqmc.training.checkpoint import BEST, LAST
+from afqmc.training.checkpoint import BEST, LAST, MANIFEST
 
 log = logging.getLogger("afqmc.evaluate")
 CHECKPOINTS = {"best": BEST, "last": LAST}
@@ -70,12 +70,13 @@ def evaluate_run(run_dir: Path, which: str = "best", split: str = "dev", overrid
     changed = changed_keys(compose_run(run_dir, []), cfg)
     path = run_dir / CHECKPOINTS[which]
     recover(path)  # put back a copy a kill left aside mid-swap
-    if not (path / "config.json").is_file():
+    if not any((path / name).is_file() for name in (MANIFEST, "config.json")):  # (config.json: written before it)
         kept = " (a completed run keeps it only with trainer.keep_last=always)" if which == "last" else ""
         raise ModelLoadError(f"{path}: no checkpoint there: the run saved none{kept}, or it was moved")
     if not cfg.dataset.splits.get(split):
         raise ConfigError(f"dataset.splits.{split} is null: no {split} split to score; set it to the file's name")
-    cfg.model.checkpoint = str(path)  # what is scored: dataset.max_length is checked against it
+    if "checkpoint" in cfg.model:
+        cfg.model.checkpoint = str(path)  # what is scored: dataset.max_length is checked against it
     check_config(cfg)
     trainer = TRAINERS.get(cfg.trainer.name)(cfg, run_dir)
     trainer.setup_evaluation(path, split)
@@ -84,7 +85,7 @@ def evaluate_run(run_dir: Path, which: str = "best", split: str = "dev", overrid
     record = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "split": split,
-        "file": str(Path(cfg.dataset.root) / cfg.dataset.splits[split]),
+        "file": str(Path(cfg.dataset.get("root", ".")) / cfg.dataset.splits[split]),
         "checkpoint": str(path.resolve()),
         "metrics": metrics,
         "overrides": changed,

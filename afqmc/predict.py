@@ -22,14 +22,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from afqmc.config.plugins import load_plugins
 from afqmc.data.reading import FORMATS, has_labels, read_examples
 from afqmc.errors import AfqmcError
 from afqmc.files import write_text
-from afqmc.models.components import load_tokenizer
 from afqmc.runs.card import load_run_config
-from afqmc.training.checkpoint import load_model
+from afqmc.training.checkpoint import label_names, load_model, load_tokenizer
+from afqmc.training.evaluator import Evaluator
 from afqmc.training.metrics import scores
-from afqmc.training.progress import progress
 
 # Checkpoints written before they carried their run's config were AFQMC runs with these settings.
 AFQMC_DATASET = {
@@ -42,38 +42,45 @@ SHOW_FROM = 10  # batches: progress is shown for files at least this long
 
 class Predictor:
     def __init__(self, checkpoint: str | Path, max_length: int | None = None, device: str | None = None):
+        path = Path(checkpoint)
+        run = load_run_config(path)
+        load_plugins((run.get("plugins") if run is not None else None) or [])  # the modules that registered its model
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = load_model(Path(checkpoint)).to(self.device)
-        self.tokenizer = load_tokenizer(str(checkpoint), config=self.model.config)  # config: not read again
-        run = load_run_config(Path(checkpoint))
+        self.model = load_model(path).to(self.device)
+        self.labels = label_names(path, self.model)  # the raw label of each class
+        self.tokenizer = load_tokenizer(path, self.model)
         self.dataset = run.dataset if run is not None else OmegaConf.create(AFQMC_DATASET)  # the run's settings
         self.max_length = max_length or self.dataset.max_length
+        self.evaluator = Evaluator(self.model, self.device)
 
-    @torch.inference_mode()
     def logits(self, texts: list[tuple[str, ...]], batch_size: int = 64, show: bool = False) -> torch.Tensor:
         """The model's logits for each pair (or 1-tuple of a single-sentence model), in order. Texts of
         similar length are batched together: little padding, so a large file goes several times faster."""
         order = sorted(range(len(texts)), key=lambda i: -sum(map(len, texts[i])))
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        out = torch.empty(len(texts), self.model.config.num_labels)
         show = show and len(batches) >= SHOW_FROM  # a few batches are done before a bar would say anything
-        for batch in progress(batches, len(batches), "predicting") if show else batches:
+        desc = "predicting" if show else None
+        _, logits, _ = self.evaluator.forward_all(self._encoded(texts, batches), len(batches), desc)
+        return logits
+
+    def _encoded(self, texts: list[tuple[str, ...]], batches: list[list[int]]):
+        for batch in batches:
             a, *b = (list(column) for column in zip(*(texts[i] for i in batch)))
             enc = self.tokenizer(
                 a, b[0] if b else None, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
             )
-            out[batch] = self.model(**enc.to(self.device)).logits.float().cpu()
-        return out
+            yield {**enc, "index": torch.tensor(batch)}
 
     def __call__(self, texts: list[tuple[str, ...]], batch_size: int = 64) -> list[tuple[str, float]]:
         """(label, probability of that label) for each pair, or each 1-tuple of a single-sentence model."""
         p, idx = self.logits(texts, batch_size).softmax(-1).max(-1)
-        return [(self.model.config.id2label[j], q) for j, q in zip(idx.tolist(), p.tolist())]
+        return [(self.labels[j], q) for j, q in zip(idx.tolist(), p.tolist())]
 
 
 def file_config(predictor: Predictor, args) -> DictConfig:
     """How to read --file: the run's dataset settings, the flags over them, the model's labels."""
-    cfg = OmegaConf.merge(predictor.dataset, {})  # a copy
+    # a copy; a dataset that is not afqmc's (a plugin's) has no columns or format: AFQMC's, or the flags
+    cfg = OmegaConf.merge(predictor.dataset if "columns" in predictor.dataset else AFQMC_DATASET, {})
     if args.format:
         cfg.format = args.format
     positions = cfg.format != "jsonl" and not cfg.get("header", True)  # columns are 0-based positions
@@ -82,7 +89,7 @@ def file_config(predictor: Predictor, args) -> DictConfig:
     if args.single:
         cfg.columns.text_b = None
     # the raw label of each class, as the model was trained with it
-    cfg.label_map = {name: i for i, name in predictor.model.config.id2label.items()}
+    cfg.label_map = {name: i for i, name in enumerate(predictor.labels)}
     return cfg
 
 
@@ -96,9 +103,8 @@ def predict_file(predictor: Predictor, args) -> dict | None:
     texts = [(e["text_a"],) if e["text_b"] is None else (e["text_a"], e["text_b"]) for e in examples]
     logits = predictor.logits(texts, args.batch_size, show=True)
     p, idx = logits.softmax(-1).max(-1)
-    id2label = predictor.model.config.id2label
     text = "".join(
-        json.dumps({"id": e["id"], "label": id2label[j], "probability": round(q, 6)}, ensure_ascii=False) + "\n"
+        json.dumps({"id": e["id"], "label": predictor.labels[j], "probability": round(q, 6)}, ensure_ascii=False) + "\n"
         for e, j, q in zip(examples, idx.tolist(), p.tolist())
     )
     if args.output:

@@ -249,7 +249,9 @@ def test_a_resumed_run_goes_on_in_the_same_tracker_runs(tmp_path):
     assert set(ids) == {"mlflow", "wandb"}
     with start_trackers(cfg, out, TrainState(step=5, trackers=ids)) as second:
         train(second, range(6, 11), 0.5)
-        second.finish({"best": {"epoch": 1, "step": 10, "metric": "f1_macro", "value": 0.5}, "train": {"steps": 10}})
+        second.on_end(
+            None, {"best": {"epoch": 1, "step": 10, "metric": "f1_macro", "value": 0.5}, "train": {"steps": 10}}
+        )
 
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()

@@ -97,8 +97,8 @@ BAD = [
     ),
     (
         "+trainr.epochs=3",
-        r"trainr: unknown key; config groups: dataset, logger, model, optimizer, scheduler, trainer "
-        r"\(did you mean trainer\?\)",
+        r"trainr: unknown key; config groups: callbacks, dataset, logger, model, optimizer, plugins, scheduler, "
+        r"trainer \(did you mean trainer\?\)",
     ),
     ("~trainer.seed", r"trainer.seed is missing; expected an integer >= 0 and <= 4294967295$"),
     ("trainer.eval_every_steps=0", r"trainer.eval_every_steps=0 is invalid; expected null or an integer >= 1$"),

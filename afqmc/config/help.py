@@ -11,7 +11,8 @@ from pathlib import Path
 import yaml
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-GROUPS = ("dataset", "model", "optimizer", "scheduler", "trainer", "logger")  # the groups with keys of their own
+# the groups with keys of their own
+GROUPS = ("dataset", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks")
 
 
 def defaults() -> dict[str, str]:

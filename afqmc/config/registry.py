@@ -1,6 +1,7 @@
 """Name -> component registries. A YAML's `name:` picks a registered builder.
 
-Adding a component is one decorated function or class plus one YAML file:
+Adding a component is one decorated function or class plus one YAML file, in afqmc or in a plugin (a
+module named by the `plugins` config key or the `afqmc.plugins` entry-point group: afqmc/config/plugins.py):
 
     @OPTIMIZERS.register("lion")
     def build_lion(cfg, model): ...
@@ -10,18 +11,35 @@ A component may also declare its YAML's keys, `register("lion", schema={"lr": Ke
 Without a schema, only the name is checked and the other keys pass through as they are.
 `check=fn` adds a test of the whole config that one group's keys cannot express, fn(cfg) raising ConfigError.
 
-What the trainer asks of each kind of component, so that any registered one works with it:
-- a model (MODELS) registers `build(cfg, label_names) -> (model, tokenizer)`, plus `save=fn(model, directory)`
-  and `load=fn(directory) -> model` (on the CPU, in eval mode): the trainer writes and reloads checkpoints
-  with them and nothing else;
-- a dataset (DATASETS) registers `build(cfg, split, labeled=None) -> dataset`, an object with the attributes of
-  SplitData (`labeled`: every line must have a label; None: all splits but test);
-- a collate function (COLLATORS) `build(cfg, tokenizer, pad_to_multiple_of) -> collate_fn`;
-- an optimizer `build(cfg, model)`, a scheduler `build(cfg, optimizer, total_steps)`, a trainer
+The contract: what the framework asks of each kind of component, and all that it assumes of it.
+
+- A model (MODELS, `model.name`) registers `build(cfg, label_names) -> (model, tokenizer)` with two hooks,
+  `save=fn(model, directory)` and `load=fn(directory) -> model`:
+  - `label_names[i]` is the raw label of class i; the tokenizer is a transformers tokenizer (the built-in
+    collate function calls it on the texts; the framework saves it beside the weights, and reloads it with
+    AutoTokenizer, handing it the model's `.config` when that is a transformers config);
+  - the model is a torch.nn.Module whose `forward(**batch)` takes the tokenizer's outputs (input_ids,
+    attention_mask, and token_type_ids where the tokenizer makes them) and returns the logits,
+    [batch, labels], or an output with `.logits`. The trainer computes the loss (it passes no labels);
+  - `save` writes the model into `directory`, which the framework has made; the framework adds the tokenizer,
+    the run's config, a model card and checkpoint.json (the model's name, the label names, every file's
+    sha256). `load(directory)` returns the model as saved (the framework puts it in eval mode, on the CPU).
+  Nothing else is assumed. The model card says how to load the checkpoint in transformers when it holds a
+  config.json, else that afqmc loads it (afqmc.predict). Fast dropout (trainer.fast_dropout, CPU) applies
+  where the model has transformers' attention interface, else it trains with plain dropout. A `check` such
+  as models/components.py's max_length_fits tests what the model's config allows.
+- A dataset (DATASETS, `dataset.name`) registers `build(cfg, split, labeled=None) -> dataset`, an object with
+  the attributes of SplitData below whose items the collate function takes (`labeled`: every line must have a
+  label; None: all splits but test).
+- A collate function (COLLATORS, `dataset.collate`) `build(cfg, tokenizer, pad_to_multiple_of) -> collate_fn`,
+  whose batches are dicts of tensors: the model's inputs, "index" (the items' indices) and "labels" where the
+  split has them.
+- An optimizer `build(cfg, model)`, a scheduler `build(cfg, optimizer, total_steps)`, a trainer
   `build(cfg, output_dir)` with `fit() -> best dev value`, and, for afqmc.evaluate,
-  `setup_evaluation(checkpoint_dir, split)` then `evaluate(split, show) -> metrics`;
-- an experiment tracker (LOGGERS) `build(cfg, run, run_id) -> tracker` (afqmc/runs/trackers.py). Several may be
-  chosen at once, so a tracker is named by its key under `logger`, not by a `name:` key.
+  `setup_evaluation(checkpoint_dir, split)` then `evaluate(split, show) -> metrics`.
+- An experiment tracker (LOGGERS) `build(cfg, run, run_id) -> tracker` (afqmc/runs/trackers.py), and a
+  callback (CALLBACKS) `build(cfg) -> Callback` (afqmc/training/callbacks.py). Several of each may be chosen
+  at once, so they are named by their key under `logger` or `callbacks`, not by a `name:` key.
 
 The built-in components' modules import torch and transformers only when a component is built, so
 that the config is checked within a second of `python run.py` (afqmc/config/schema.py).
@@ -107,12 +125,14 @@ OPTIMIZERS = Registry("optimizer.name")
 SCHEDULERS = Registry("scheduler.name")
 TRAINERS = Registry("trainer.name")
 LOGGERS = Registry("logger")
+CALLBACKS = Registry("callbacks")
 _COMPONENT_MODULES = [
     "afqmc.data.components",
     "afqmc.models.components",
     "afqmc.training.optim",
     "afqmc.training.components",
     "afqmc.runs.trackers",
+    "afqmc.training.callbacks",
 ]
 
 

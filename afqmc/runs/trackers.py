@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from afqmc.config.registry import LOGGERS
 from afqmc.config.schema import Key
 from afqmc.errors import ConfigError, Interrupted
+from afqmc.training.callbacks import Callback
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ NOT_METRICS = {"type", "split", "epoch", "step", "time"}  # the fields of a metr
 
 
 @dataclass
-class RunInfo:
+class TrackedRun:
     """What a tracker is told about the run it watches."""
 
     out: Path  # the run directory
@@ -75,7 +76,7 @@ def _numbers(tree: dict, prefix: str = "") -> dict[str, float]:
 class TensorBoard:
     """Event files in RUN/tensorboard/: `tensorboard --logdir outputs/` shows every run below it."""
 
-    def __init__(self, cfg, run: RunInfo, run_id: str | None):
+    def __init__(self, cfg, run: TrackedRun, run_id: str | None):
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
@@ -124,7 +125,7 @@ class MLflow:
 
     STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 
-    def __init__(self, cfg, run: RunInfo, run_id: str | None):
+    def __init__(self, cfg, run: TrackedRun, run_id: str | None):
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
@@ -193,7 +194,7 @@ class WandB:
 
     STEP = "trainer/global_step"  # the x axis of every metric: the optimizer step, not W&B's count of log calls
 
-    def __init__(self, cfg, run: RunInfo, run_id: str | None):
+    def __init__(self, cfg, run: TrackedRun, run_id: str | None):
         import wandb
 
         self.run = wandb.init(
@@ -226,9 +227,10 @@ class WandB:
 
 
 # ---------------------------------------------------------------- what the trainer uses
-class Trackers:
-    """The chosen trackers as one: each metrics.jsonl record goes to all of them. As a context manager, it
-    ends their runs as failed (or interrupted) when the run raises."""
+class Trackers(Callback):
+    """The chosen trackers as one callback: each metrics.jsonl record goes to all of them, and their runs end
+    as the run does (completed, failed or interrupted). Used as a context manager while they start: one that
+    fails to start ends those started before it as failed."""
 
     def __init__(self, trackers: dict):
         self.trackers = trackers  # {option name: tracker}
@@ -247,28 +249,39 @@ class Trackers:
         for tracker in self.trackers.values():
             tracker.log(values, record["step"])
 
-    def flush(self) -> None:
-        """At each save of checkpoints/last: what a resumed run will not log again is on disk."""
-        for tracker in self.trackers.values():
-            tracker.flush()
+    def on_train_step(self, trainer, record: dict) -> None:
+        self.log(record)
 
-    def finish(self, summary: dict) -> None:
+    def on_evaluate(self, trainer, record: dict, gain: float) -> None:
+        self.log(record)
+
+    def on_save(self, trainer, which: str, path: Path) -> None:
+        """At each save of checkpoints/last: what a resumed run will not log again is on disk."""
+        if which == "last":
+            for tracker in self.trackers.values():
+                tracker.flush()
+
+    def on_end(self, trainer, summary: dict) -> None:
         self.done = True
         for tracker in self.trackers.values():
             tracker.end(summary, "completed")
 
-    def __enter__(self) -> Trackers:
-        return self
-
-    def __exit__(self, kind, exc, tb) -> None:
-        if kind is None or self.done:
+    def on_stop(self, trainer, status: str) -> None:
+        if self.done:
             return
-        status = "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed"
+        self.done = True
         for name, tracker in self.trackers.items():
             try:
                 tracker.end(None, status)
             except Exception as e:  # noqa: BLE001  (the run's own error is the one to raise)
                 log.warning("logger %s could not end its run: %s: %s", name, type(e).__name__, e)
+
+    def __enter__(self) -> Trackers:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is not None:
+            self.on_stop(None, "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed")
 
 
 def start_trackers(cfg, out: Path, state) -> Trackers:
@@ -281,7 +294,7 @@ def start_trackers(cfg, out: Path, state) -> Trackers:
     from afqmc.runs.records import OVERRIDES
 
     overrides = [str(o) for o in OmegaConf.load(out / OVERRIDES)] if (out / OVERRIDES).is_file() else []
-    run = RunInfo(
+    run = TrackedRun(
         out=out.resolve(),
         config=OmegaConf.to_container(cfg, resolve=True),
         flat=config_snapshot(cfg),

@@ -100,12 +100,14 @@ def _umask() -> int:
     return mask
 
 
-def save(path: Path, model_name: str, model, tokenizer, state: TrainState | None = None, run=None) -> None:
-    """The model (by its registration's save), its tokenizer, with `run` (an afqmc.runs.card.RunInfo) the run's
-    config and a model card, for checkpoints/last the TrainState; checkpoint.json last, with every file's sha256."""
+def save(path: Path, model_name: str, model, tokenizer, state: TrainState | None = None, run=None, labels=None) -> None:
+    """The model (by its registration's save, into the directory made here), its tokenizer, with `run` (an
+    afqmc.runs.card.CheckpointInfo) the run's config and a model card, for checkpoints/last the TrainState;
+    checkpoint.json last, with the registered model's name, the raw label of each class and every file's sha256."""
     from afqmc.config.registry import MODELS
 
     with atomic_write(path) as tmp:
+        tmp.mkdir()
         MODELS.component(model_name).hooks["save"](model, tmp)
         tokenizer.save_pretrained(tmp)
         if run is not None:
@@ -119,7 +121,7 @@ def save(path: Path, model_name: str, model, tokenizer, state: TrainState | None
             if (name := f.relative_to(tmp).as_posix()) != CARD:
                 files[name] = sha256(f)
         (tmp / MANIFEST).write_text(
-            json.dumps({"model": model_name, "files": files}, indent=1) + "\n", encoding="utf-8"
+            json.dumps({"model": model_name, "labels": labels, "files": files}, indent=1) + "\n", encoding="utf-8"
         )
 
 
@@ -159,12 +161,34 @@ def load_model(path: Path):
 
     name = verify(path)["model"]
     try:
-        return MODELS.component(name).hooks["load"](Path(path))
+        model = MODELS.component(name).hooks["load"](Path(path))
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
         weights = ", ".join(sorted(f.name for f in Path(path).glob("*.safetensors"))) or "no weights file"
         raise CheckpointError(
             f"{path}: the {name} model cannot be loaded from its files ({weights}): {error_line(e)}. " + _WHAT_TO_DO
         ) from None
+    return model.eval()
+
+
+def label_names(path: Path, model) -> list[str]:
+    """The raw label of each class index: checkpoint.json's, or (written before it named them) the
+    transformers config's id2label."""
+    manifest = Path(path) / MANIFEST
+    labels = json.loads(manifest.read_text(encoding="utf-8")).get("labels") if manifest.is_file() else None
+    if labels is None:
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    return [str(label) for label in labels]
+
+
+def load_tokenizer(path: Path, model):
+    """The tokenizer saved with the model. A transformers model's config is handed over: AutoTokenizer would
+    otherwise read config.json to choose the tokenizer's class, and fail on a model type it does not know."""
+    from transformers import AutoTokenizer, PretrainedConfig
+
+    config = getattr(model, "config", None)
+    kwargs = {"config": config} if isinstance(config, PretrainedConfig) else {}
+    # An explicit False: None would prompt "run the custom code? [y/N]" on a terminal.
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, **kwargs)
 
 
 def delete(path: Path) -> None:
