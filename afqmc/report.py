@@ -40,8 +40,8 @@ COLUMNS = [
 ]
 
 
-def override_key(override: str) -> str:
-    """'+trainer.seed=3' -> 'trainer.seed'."""
+def key_of(override: str) -> str:
+    """The key an override's text sets: '+trainer.seed=3' -> 'trainer.seed'."""
     return override.split("=", 1)[0].lstrip("~+")
 
 
@@ -92,7 +92,7 @@ def seed_groups(runs: list[Run]) -> list[tuple[list[str], list[Run]]]:
     """Runs whose overrides are the same but for trainer.seed, in groups of two or more."""
     groups: dict[tuple[str, ...], list[Run]] = {}
     for run in runs:
-        groups.setdefault(tuple(o for o in run.overrides if override_key(o) != SEED_KEY), []).append(run)
+        groups.setdefault(tuple(o for o in run.overrides if key_of(o) != SEED_KEY), []).append(run)
     return [(list(key), members) for key, members in groups.items() if len(members) > 1]
 
 
@@ -235,7 +235,7 @@ def seeds_section(runs: list[Run], common: list[str]) -> list[str]:
     ]
     for key, members in groups:
         ok = [r for r in members if r.status == "completed"]
-        seeds = [o.split("=", 1)[1] for r in members for o in r.overrides if override_key(o) == SEED_KEY] or ["default"]
+        seeds = [o.split("=", 1)[1] for r in members for o in r.overrides if key_of(o) == SEED_KEY] or ["default"]
         name = " ".join(short(o) for o in key if o not in common) or "(all runs)"
         stats = [mean_std([r.get("dev", m) for r in ok if r.get("dev", m) is not None]) for m in METRICS]
         out.append(f"| {cell(name)} | {', '.join(seeds)} | {len(ok)}/{len(members)} | " + " | ".join(stats) + " |")

@@ -45,3 +45,9 @@ def test_same_model_in_eval_and_padding_masked_in_training(tiny_bert_dir, tmp_pa
         BertForPairwiseCLS.from_pretrained(tmp_path / "ckpt").config._attn_implementation
         == stock.config._attn_implementation
     )
+
+
+def test_a_model_without_transformers_attention_keeps_plain_dropout():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.1))
+    assert use_fast_dropout(model) is False
+    assert type(model[1]) is torch.nn.Dropout  # left as it was: it trains with plain dropout

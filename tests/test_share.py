@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 import afqmc
 from afqmc import evaluate, predict
 from afqmc.errors import CheckpointError
-from afqmc.runs.card import RunInfo, model_card
+from afqmc.runs.card import CheckpointInfo, model_card
 from afqmc.training import checkpoint
 
 from .conftest import ENV, compose_cfg, read_jsonl, summary, write_jsonl
@@ -381,7 +381,7 @@ def test_each_checkpoint_has_a_model_card(trained, tiny_bert_dir, data_dir, vari
 def test_model_card_of_weights_not_yet_scored_and_of_a_hub_base(tmp_path):
     cfg = OmegaConf.to_container(compose_cfg(["model.checkpoint=bert-base-chinese"]), resolve=True)
     (tmp_path / "config.json").write_text("{}")
-    card = model_card(RunInfo(config=cfg, step=7), tmp_path)
+    card = model_card(CheckpointInfo(config=cfg, step=7), tmp_path)
     assert "These weights (step 7) were saved between two evaluations and have not been scored on dev" in card
     (tmp_path / "README.md").write_text(card)
     assert front_matter(tmp_path / "README.md")["base_model"] == "bert-base-chinese"
@@ -398,7 +398,8 @@ def test_writing_a_checkpoint_needs_no_network(tiny_bert_dir, tmp_path, monkeypa
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    info = RunInfo(config=OmegaConf.to_container(cfg, resolve=True), overrides=["x=1"], dev={"accuracy": 0.5}, epoch=1)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    info = CheckpointInfo(config=config, overrides=["x=1"], dev={"accuracy": 0.5}, epoch=1)
     checkpoint.save(tmp_path / "best", "bert_pair_cls", model, tokenizer, run=info)
     assert (tmp_path / "best" / "README.md").is_file()
 

@@ -17,6 +17,7 @@ FREE_KEYS = {
     "trainer.cpu_threads",
     "trainer.overwrite",
     "trainer.keep_last",
+    "plugins",  # the modules that register components: the components chosen are compared themselves
 }
 FREE_GROUPS = ("logger.",)  # trackers watch a run and change nothing of it: one may be added on resume
 

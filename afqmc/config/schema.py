@@ -22,13 +22,24 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from afqmc.config.registry import COLLATORS, DATASETS, LOGGERS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS, check_names
+from afqmc.config.plugins import load_plugins
+from afqmc.config.registry import (
+    CALLBACKS,
+    COLLATORS,
+    DATASETS,
+    LOGGERS,
+    MODELS,
+    OPTIMIZERS,
+    SCHEDULERS,
+    TRAINERS,
+    check_names,
+)
 from afqmc.errors import ConfigError, error_line, first_line
 
 # one option chosen from each: cfg.<group>.name names its component
 GROUPS = {registry.key.split(".")[0]: registry for registry in (DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, TRAINERS)}
 # any number chosen (logger=[tensorboard,mlflow]): each option's keys under cfg.<group>.<option>
-MULTI_GROUPS = {"logger": LOGGERS}
+MULTI_GROUPS = {"logger": LOGGERS, "callbacks": CALLBACKS}
 TYPE_NAMES = {
     bool: "true or false",
     int: "an integer",
@@ -96,6 +107,10 @@ class Key:
         return self.rule is None or bool(self.rule(value))
 
 
+# the plugins key: modules imported before the check (afqmc/config/plugins.py)
+PLUGINS = Key(list, null=True, rule=lambda m: all(isinstance(x, str) and x for x in m), says="a list of module names")
+
+
 def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
@@ -134,8 +149,14 @@ def map_problems(node: dict, schema: dict[str, Key], path: str) -> list[str]:
 def check_config(cfg: DictConfig) -> None:
     """The composed config against the schemas of the components it names, then each component's own
     whole-config check (e.g. dataset.max_length against the checkpoint's positions). Every problem
-    found goes into one ConfigError: a config is fixed in one go, not one key per attempt."""
-    known = [*GROUPS, *MULTI_GROUPS]
+    found goes into one ConfigError: a config is fixed in one go, not one key per attempt. The plugins come
+    first (afqmc/config/plugins.py): the components they register are checked as the built-in ones."""
+    plugins = OmegaConf.select(cfg, "plugins")
+    plugins = OmegaConf.to_container(plugins) if OmegaConf.is_config(plugins) else plugins
+    if not PLUGINS.accepts(plugins):
+        raise ConfigError(f"plugins={_show(plugins)} is invalid; expected {PLUGINS.describe()}")
+    load_plugins(plugins or [])
+    known = [*GROUPS, *MULTI_GROUPS, "plugins"]
     problems = [unknown_key(group, group, known) for group in cfg if group not in known]
     components = {}
     for registry in (*GROUPS.values(), COLLATORS):

@@ -45,11 +45,19 @@ AttentionInterface.register(ATTENTION, attention)
 AttentionMaskInterface.register(ATTENTION, eager_mask)  # unregistered, transformers would pass no mask at all
 
 
-def use_fast_dropout(model: nn.Module) -> None:
-    """Swap in FastDropout and the attention above, in place. Not saved: a checkpoint reloads with
-    transformers' defaults, and evaluation (no dropout) is unchanged."""
+def use_fast_dropout(model: nn.Module) -> bool:
+    """Swap in FastDropout and the attention above, in place; False (and the model left as it was) when its
+    attention is not transformers' pluggable kind. Not saved: a checkpoint reloads with transformers'
+    defaults, and evaluation (no dropout) is unchanged."""
+    # the outermost transformers model: the model itself, or the encoder inside a plain nn.Module
+    outer = next((m for m in model.modules() if hasattr(m, "set_attn_implementation")), None)
+    if outer is None or not getattr(outer, "_supports_attention_backend", False):
+        return False
+    try:
+        outer.set_attn_implementation(ATTENTION)
+    except (ValueError, ImportError, NotImplementedError):
+        return False
     for module in model.modules():
         if type(module) is nn.Dropout:
             module.__class__ = FastDropout
-    # the outermost transformers model: the model itself, or the encoder inside a plain nn.Module
-    next(m for m in model.modules() if hasattr(m, "set_attn_implementation")).set_attn_implementation(ATTENTION)
+    return True

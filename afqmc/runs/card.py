@@ -32,7 +32,7 @@ METRIC_NAMES = {
 
 
 @dataclass
-class RunInfo:
+class CheckpointInfo:
     """What the trainer knows of the weights it saves."""
 
     config: dict  # the run's resolved config, plain containers
@@ -59,13 +59,36 @@ def load_run_config(checkpoint_dir: Path) -> DictConfig | None:
     return OmegaConf.load(path) if path.is_file() else None
 
 
-def _custom_code(directory: Path) -> bool:
-    """The saved config names a modeling file of its own (auto_map): loading it needs trust_remote_code=True."""
-    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    return "auto_map" in config
+def _loads_with(directory: Path) -> str:
+    """What loads the checkpoint: "transformers"; "custom_code", transformers with trust_remote_code=True (its
+    config.json names a modeling file of its own, auto_map); or "afqmc" alone (a registered model that is not
+    a transformers one: no config.json)."""
+    path = directory / "config.json"
+    if not path.is_file():
+        return "afqmc"
+    return "custom_code" if "auto_map" in json.loads(path.read_text(encoding="utf-8")) else "transformers"
 
 
-def _metadata(info: RunInfo, custom_code: bool) -> str:
+def _python_use(loads_with: str, texts: list[str], max_length: int) -> str:
+    if loads_with == "afqmc":
+        return f"""from afqmc.predict import Predictor
+
+predictor = Predictor("THIS_DIR")
+print(predictor([{tuple(texts)!r}]))  # [(label, probability)]"""
+    text_args = ", ".join(f'["{text}"]' for text in texts)
+    trust = ", trust_remote_code=True" if loads_with == "custom_code" else ""
+    return f"""import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+model = AutoModelForSequenceClassification.from_pretrained("THIS_DIR"{trust}).eval()
+tokenizer = AutoTokenizer.from_pretrained("THIS_DIR"{trust})
+batch = tokenizer({text_args}, truncation=True, max_length={max_length}, return_tensors="pt")
+with torch.no_grad():
+    probabilities = model(**batch).logits.softmax(-1)
+print(model.config.id2label[probabilities.argmax(-1).item()], probabilities.max().item())"""
+
+
+def _metadata(info: CheckpointInfo, loads_with: str) -> str:
     from huggingface_hub import EvalResult, ModelCardData
 
     model, task = info.config["model"], info.config["dataset"]["task"]
@@ -85,19 +108,33 @@ def _metadata(info: RunInfo, custom_code: bool) -> str:
         if name in ("accuracy", "f1_macro")
     ]
     data = ModelCardData(
-        library_name="transformers",
+        library_name=None if loads_with == "afqmc" else "transformers",
         pipeline_tag="text-classification",
         # the Hub takes a hub name only: a local directory stays in the text below
-        base_model=None if Path(model["checkpoint"]).is_dir() else model["checkpoint"],
-        tags=["afqmc", "sentence-pair-classification", task, *(["custom_code"] if custom_code else [])],
+        base_model=_hub_name(model.get("checkpoint")),
+        tags=["afqmc", "sentence-pair-classification", task, *(["custom_code"] if loads_with == "custom_code" else [])],
         model_name=f"{task}-{model['name']}",
         eval_results=results or None,
     )
     return data.to_yaml() + "\n"
 
 
-def _metrics_table(info: RunInfo) -> str:
-    if not info.config["dataset"]["splits"].get("dev"):
+def _hub_name(checkpoint) -> str | None:
+    """The base model as the Hub takes it: a hub name, not a local directory (which stays in the text)."""
+    return checkpoint if isinstance(checkpoint, str) and not Path(checkpoint).is_dir() else None
+
+
+def _source(data: dict) -> str:
+    """What the card says of the training data: the built-in datasets' file and columns, or just the task."""
+    cols = data.get("columns")
+    if not cols or "root" not in data:
+        return f"`{data['task']}` (dataset `{data.get('name')}`)"
+    columns = f"`{cols['text_a']}`" if cols.get("text_b") is None else f"`{cols['text_a']}` and `{cols['text_b']}`"
+    return f"`{data['task']}` (`{data['root']}`, {data.get('format')}:\n{columns}, label `{cols.get('label')}`)"
+
+
+def _metrics_table(info: CheckpointInfo) -> str:
+    if not (info.config["dataset"].get("splits") or {}).get("dev"):
         return (
             f"The run had no dev split (`dataset.splits.dev=null`): these weights (step {info.step}) were not scored.\n"
         )
@@ -117,34 +154,33 @@ def _metrics_table(info: RunInfo) -> str:
     return "\n".join(rows) + "\n"
 
 
-def model_card(info: RunInfo, directory: Path) -> str:
+def model_card(info: CheckpointInfo, directory: Path) -> str:
     cfg = info.config
     model, data = cfg["model"], cfg["dataset"]
-    custom_code = _custom_code(directory)
-    trust = ", trust_remote_code=True" if custom_code else ""
+    loads_with = _loads_with(directory)
     pooling = model.get("pooling", "cls")
-    cols = data["columns"]
-    single = cols.get("text_b") is None  # a single-sentence task (columns.text_b=null)
+    single = (data.get("columns") or {}).get("text_b", "") is None  # a single-sentence task (columns.text_b=null)
     first, second = "蚂蚁借呗等额还款可以换成先息后本吗", "借呗有先息到期还本吗"
     texts = f'"{first}"' if single else f'"{first}" "{second}"'
-    text_args = f'["{first}"]' if single else f'["{first}"], ["{second}"]'
-    columns = f"`{cols['text_a']}`" if single else f"`{cols['text_a']}` and `{cols['text_b']}`"
+    base = f" from `{model['checkpoint']}`" if model.get("checkpoint") else ""
+    pooled = f", {pooling} pooling" if loads_with != "afqmc" else ""
     overrides = " ".join(info.overrides) if info.overrides else "(none: the run's defaults)"
     labels = ", ".join(f"{i}: {raw!r}" for raw, i in sorted(data["label_map"].items(), key=lambda kv: kv[1]))
-    why_trust = (
-        f"The architecture ({pooling} pooling) is not one transformers ships: `modeling_afqmc.py` beside the "
-        "weights defines it, and `config.json` names it, so it loads only with `trust_remote_code=True` (read the "
-        "file first: it is short). Without it the load fails rather than build a different model.\n"
-        if custom_code
-        else "It is a plain `BertForSequenceClassification` (BERT's pooler over [CLS], dropout, a linear head).\n"
-    )
+    why = {
+        "custom_code": f"The architecture ({pooling} pooling) is not one transformers ships: `modeling_afqmc.py` "
+        "beside the weights defines it, and `config.json` names it, so it loads only with `trust_remote_code=True` "
+        "(read the file first: it is short). Without it the load fails rather than build a different model.\n",
+        "transformers": "It is a plain `BertForSequenceClassification` (BERT's pooler over [CLS], dropout, a linear "
+        "head).\n",
+        "afqmc": f"`{model['name']}` is not a transformers model: afqmc loads it with the code that registered it "
+        f"(the plugins {cfg.get('plugins') or []} of `run_config.yaml` must be importable).\n",
+    }[loads_with]
     return f"""---
-{_metadata(info, custom_code)}---
+{_metadata(info, loads_with)}---
 
 # {data["task"]}: a {"sentence" if single else "sentence-pair"} classifier
 
-Fine-tuned with afqmc from `{model["checkpoint"]}` on `{data["task"]}` (`{data["root"]}`, {data["format"]}:
-{columns}, label `{cols.get("label")}`). Model `{model["name"]}`, {pooling} pooling; classes {labels}.
+Fine-tuned with afqmc{base} on {_source(data)}. Model `{model["name"]}`{pooled}; classes {labels}.
 
 ## Dev metrics
 
@@ -156,17 +192,9 @@ schedule, batch size, epochs, seed.
 
 ## Use it
 
-{why_trust}
+{why}
 ```python
-import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-model = AutoModelForSequenceClassification.from_pretrained("THIS_DIR"{trust}).eval()
-tokenizer = AutoTokenizer.from_pretrained("THIS_DIR"{trust})
-batch = tokenizer({text_args}, truncation=True, max_length={data["max_length"]}, return_tensors="pt")
-with torch.no_grad():
-    probabilities = model(**batch).logits.softmax(-1)
-print(model.config.id2label[probabilities.argmax(-1).item()], probabilities.max().item())
+{_python_use(loads_with, [first] if single else [first, second], data["max_length"])}
 ```
 
 (`THIS_DIR`: this directory, or its Hub repository's name.) With afqmc, which reads any file format
