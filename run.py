@@ -15,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import afqmc  # (importing it registers the config resolvers)
 from afqmc.errors import AfqmcError, Interrupted
-from afqmc.runs.records import LOCK, discard, resume_argv, write_failed_summary
+from afqmc.runs.records import LOCK, OVERRIDES, discard, resume_argv, write_failed_summary, write_record
 
 log = logging.getLogger("afqmc")
 
@@ -28,16 +28,19 @@ def main(cfg: DictConfig) -> float:
         return afqmc.train(cfg, output_dir)
     except AfqmcError as e:
         log.error("%s: %s", type(e).__name__, e)  # the message says what to fix; a traceback would bury it
-        if RANK == "0" and not (output_dir / LOCK).exists():  # stopped before the run claimed its directory
-            if HydraConfig.get().mode == RunMode.MULTIRUN:
-                write_failed_summary(output_dir, e)  # the sweep's report shows which job, and why
+        # RANK read now: the Slurm launcher sets it in the job, after this module (pickled whole) was loaded
+        if os.environ.get("RANK", "0") == "0" and not (output_dir / LOCK).exists():  # before the run claimed it
+            if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep's report shows which job, and why
+                if not (output_dir / OVERRIDES).exists():  # (a new job's directory: a recorded one is left as it is)
+                    write_record(output_dir, cfg)
+                write_failed_summary(output_dir, e)
             else:
                 discard(output_dir)  # a bad config leaves no run directory behind
         # as a shell reports a process that a signal ended (130: Ctrl-C, 143: SIGTERM, 140: SIGUSR2)
         sys.exit(128 + e.signum if isinstance(e, Interrupted) else 1)
 
 
-RANK = os.environ.get("RANK", "0")  # set by torchrun
+RANK = os.environ.get("RANK", "0")  # set by torchrun (the Slurm launcher: in the job, see main)
 
 
 def cli() -> None:

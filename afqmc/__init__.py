@@ -24,9 +24,8 @@ RUN_ID = os.environ.get("AFQMC_RUN_ID") or secrets.token_hex(3)
 # Registered at import so that both run.py and tests composing the configs can resolve them.
 OmegaConf.register_new_resolver("afqmc.run_id", lambda: RUN_ID, replace=True)
 OmegaConf.register_new_resolver("afqmc.asset", lambda name: str(ASSETS / name), replace=True)
-# hydra.sweep.subdir and hydra.output_subdir: a job's directory, and whether Hydra writes its record (runs.py)
+# hydra.sweep.subdir: a job's directory (runs.py)
 OmegaConf.register_new_resolver("afqmc.job_subdir", lambda *, _root_: runs.job_subdir(_root_), replace=True)
-OmegaConf.register_new_resolver("afqmc.record_subdir", lambda *, _root_: runs.record_subdir(_root_), replace=True)
 OmegaConf.register_new_resolver("afqmc.help_keys", lambda: cli_help.help_keys(), replace=True)  # run.py --help
 
 
@@ -53,7 +52,7 @@ def train(cfg, output_dir) -> float:
 
     check_config(cfg)  # every key's type and range, before any data or model is loaded
     output_dir = Path(output_dir)
-    main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone writes the run directory
+    main = os.environ.get("RANK", "0") == "0"  # several ranks (torchrun, Slurm): rank 0 alone writes the run directory
     with runs.claimed(output_dir, cfg) if main else contextlib.nullcontext():
         if main:
             log.info("run directory: %s", output_dir.resolve())

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from afqmc.config.identity import is_free
 from afqmc.files import atomic_write, write_text
 from afqmc.runs.records import Run, find_runs, load_run
 
@@ -89,10 +90,12 @@ def labels(runs: list[Run], root: Path) -> list[str]:
 
 
 def seed_groups(runs: list[Run]) -> list[tuple[list[str], list[Run]]]:
-    """Runs whose overrides are the same but for trainer.seed, in groups of two or more."""
+    """Runs whose overrides are the same (in any order) but for trainer.seed and the keys that change nothing
+    of what is trained (trainer.resume, the trackers: afqmc/config/identity.py), in groups of two or more."""
     groups: dict[tuple[str, ...], list[Run]] = {}
     for run in runs:
-        groups.setdefault(tuple(o for o in run.overrides if key_of(o) != SEED_KEY), []).append(run)
+        identity = (o for o in run.overrides if key_of(o) != SEED_KEY and not is_free(key_of(o)))
+        groups.setdefault(tuple(sorted(identity)), []).append(run)
     return [(list(key), members) for key, members in groups.items() if len(members) > 1]
 
 

@@ -14,12 +14,22 @@ FREE_KEYS = {
     "trainer.save_every_steps",
     "trainer.num_workers",
     "trainer.predict",
-    "trainer.cpu_threads",
     "trainer.overwrite",
     "trainer.keep_last",
+    "trainer.dist_timeout_s",
     "plugins",  # the modules that register components: the components chosen are compared themselves
 }
 FREE_GROUPS = ("logger.",)  # trackers watch a run and change nothing of it: one may be added on resume
+# Not trainer.cpu_threads: torch does not promise the same reduction order across thread counts (a resume
+# with another count trained to other weights), so a resume must keep it.
+
+
+def is_free(key: str) -> bool:
+    """Whether an override's key (`trainer.resume`, `+logger.mlflow.x`) or config group (`logger`, `~logger`)
+    changes nothing of what a run trains: left out of a job's identity, of a resume's comparison and of the
+    report's grouping."""
+    key = key.lstrip("~+")
+    return key in FREE_KEYS or any(key == group.rstrip(".") or key.startswith(group) for group in FREE_GROUPS)
 
 
 def config_snapshot(cfg) -> dict:

@@ -1,10 +1,10 @@
 """Run directories: claimed by one run at a time, matched to their sweep jobs, resumed with their own
 config, and read back (how each ended, its dev curve).
 
-A run directory is one holding `.hydra/overrides.yaml`, its record: Hydra writes it before the run
-starts, so a run that crashed before writing anything else is still found, and reported as failed.
-A record, once written, is never rewritten with another config: a resumed or refused run leaves it as
-it was (record_subdir), and a resumed run must have the config it records (check_record).
+A run directory is one holding `.hydra/overrides.yaml`, its record: the run writes it as soon as it
+holds the directory's lock and its config is checked (write_record), so a run that crashed before writing
+anything else is still found, and reported as failed. Nothing else writes it: a refused process leaves
+the record as it was, a resumed run keeps it, and must have the config it records (check_record).
 Light on purpose (no torch, no matplotlib): run.py imports it before anything heavy.
 """
 
@@ -25,9 +25,9 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from afqmc.config.identity import FREE_KEYS, config_changes, config_snapshot
+from afqmc.config.identity import FREE_KEYS, config_changes, config_snapshot, is_free
 from afqmc.errors import CheckpointError, ConfigError, RunDirError, error_line
-from afqmc.files import write_json
+from afqmc.files import write_json, write_text
 
 SUMMARY = "summary.json"
 RECORD = Path(".hydra")
@@ -36,7 +36,7 @@ CONFIG = RECORD / "config.yaml"
 LOCK = ".lock"
 NO_DEV = "no dev split (dataset.splits.dev=null): the best checkpoint is the last"  # summary.json's best.note
 RUN_FILES = (SUMMARY, "metrics.jsonl", "checkpoints", "predictions")  # what a run leaves besides its record and log
-KEEP_ON_OVERWRITE = {RECORD.name, LOCK, "run.log"}
+KEEP_ON_OVERWRITE = {LOCK, "run.log"}
 
 
 def write_failed_summary(run_dir, exc: BaseException, status: str = "failed") -> None:
@@ -86,15 +86,20 @@ def job_identity(overrides: list[str]) -> dict:
     return {
         override_key(o): (o.type.name, str(o.value()))
         for o in _parse(overrides)
-        if override_key(o) not in FREE_KEYS and not o.key_or_group.startswith("hydra")
+        if not is_free(override_key(o)) and not o.key_or_group.startswith("hydra")
     }
 
 
 def merge_overrides(recorded: list[str], given: list[str]) -> list[str]:
-    """The recorded overrides, each replaced by a given one of the same key, then the other given ones."""
+    """The recorded overrides, each replaced by a given one of the same key, then the other given ones. A
+    given free group (`logger=[]`, `~logger`, `logger=tensorboard`) drops the recorded keys inside it
+    (`logger.mlflow.tracking_uri=...`), which would name a tracker no longer chosen."""
     given_keys = {override_key(o) for o in _parse(given)}
-    kept = [text for text, o in zip(recorded, _parse(recorded)) if override_key(o) not in given_keys]
-    return kept + given
+
+    def replaced(key: str) -> bool:
+        return key in given_keys or (is_free(key) and key.lstrip("~+").split(".")[0] in given_keys)
+
+    return [text for text, o in zip(recorded, _parse(recorded)) if not replaced(override_key(o))] + given
 
 
 # ---------------------------------------------------------------- Hydra resolvers (afqmc/__init__.py)
@@ -133,15 +138,20 @@ def _new_job_dir(sweep_dir: Path, num: int) -> str:
             num += 1
 
 
-def record_subdir(root) -> str | None:
-    """hydra.output_subdir: None, so that Hydra leaves the record as it is, where the run directory
-    already has one and this run either resumes it or will be refused (it holds a run); else .hydra."""
-    run_dir = Path(str(root.hydra.runtime.output_dir))
-    resume = OmegaConf.select(root, "trainer.resume", default=False) is True
-    overwrite = OmegaConf.select(root, "trainer.overwrite", default=False) is True
-    if (run_dir / OVERRIDES).is_file() and not overwrite and (resume or holds_run(run_dir)):
-        return None
-    return RECORD.name
+def write_record(run_dir: Path, cfg) -> None:
+    """The run's record, .hydra/ as Hydra would write it (config.yaml, hydra.yaml, overrides.yaml), written
+    here and not by Hydra (conf/config.yaml sets hydra.output_subdir to null): only by the process that holds
+    the directory's lock, after the config check, with the config this run trains. overrides.yaml goes last:
+    it is what makes a directory a run's (find_runs). Without Hydra (afqmc.train in Python) the overrides
+    are none."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra = HydraConfig.instance().cfg if HydraConfig.initialized() else None
+    overrides = list(hydra.hydra.overrides.task) if hydra is not None else []
+    write_text(run_dir / CONFIG, OmegaConf.to_yaml(cfg))
+    if hydra is not None:
+        write_text(run_dir / RECORD / "hydra.yaml", OmegaConf.to_yaml(hydra))
+    write_text(run_dir / OVERRIDES, yaml.safe_dump(overrides, allow_unicode=True, sort_keys=False))
 
 
 # ---------------------------------------------------------------- resume by directory (run.py)
@@ -159,7 +169,7 @@ def resume_argv(argv: list[str]) -> list[str]:
     if not (given.get("trainer.resume") and given["trainer.resume"].value() is True):
         return argv
     if "-m" in argv or "--multirun" in argv:
-        if "hydra.sweep.dir" not in given or any(k not in FREE_KEYS and not k.startswith("hydra") for k in given):
+        if "hydra.sweep.dir" not in given or any(not is_free(k) and not k.startswith("hydra") for k in given):
             return argv  # the sweep's own command again: each job finds its directory (job_subdir)
         sweep_dir = Path(str(given["hydra.sweep.dir"].value()))
         if not recorded_jobs(sweep_dir):
@@ -170,9 +180,11 @@ def resume_argv(argv: list[str]) -> list[str]:
         return [*argv, "hydra/sweeper=afqmc_resume"]
     if "hydra.run.dir" not in given:
         return argv
-    record = Path(str(given["hydra.run.dir"].value())) / OVERRIDES
+    run_dir = Path(str(given["hydra.run.dir"].value()))
+    record = run_dir / OVERRIDES
     if not record.is_file():
-        return argv  # nothing recorded: a fresh start (trainer.resume=true starts from scratch)
+        _refuse_unrecorded(run_dir)
+        return argv  # nothing recorded, nothing run: a fresh start (trainer.resume=true starts from scratch)
     run_py, *args = argv
     return [
         run_py,
@@ -227,7 +239,8 @@ def claimed(run_dir: Path, cfg):
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        if OmegaConf.select(cfg, "trainer.resume", default=False):
+        resume = OmegaConf.select(cfg, "trainer.resume", default=False)
+        if resume:
             check_record(run_dir, cfg)
         elif holds_run(run_dir):
             if not OmegaConf.select(cfg, "trainer.overwrite", default=False):
@@ -236,17 +249,18 @@ def claimed(run_dir: Path, cfg):
                     "with it, trainer.overwrite=true replaces it, or give another hydra.run.dir"
                 )
             _clear(run_dir)
+        if not (resume and (run_dir / OVERRIDES).is_file()):  # a resumed run's record stays as it was
+            write_record(run_dir, cfg)
         yield
     finally:
         os.close(fd)
 
 
 def discard(run_dir: Path) -> None:
-    """A run directory that no run claimed (its config was refused): Hydra's record and log go, and the
-    directory too when nothing else is in it. One that holds a run is left as it is."""
-    if holds_run(run_dir) or (run_dir / LOCK).exists():
+    """A run directory that no run claimed (its config was refused): Hydra's log goes, and the directory
+    too when nothing else is in it. One that holds a run or a record is left as it is."""
+    if holds_run(run_dir) or (run_dir / LOCK).exists() or (run_dir / RECORD).exists():
         return
-    shutil.rmtree(run_dir / RECORD, ignore_errors=True)
     (run_dir / "run.log").unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         run_dir.rmdir()
@@ -258,7 +272,7 @@ def _status(run_dir: Path) -> str:
 
 
 def _clear(run_dir: Path) -> None:
-    """trainer.overwrite=true: the old run's files go (its record was just rewritten by Hydra)."""
+    """trainer.overwrite=true: the old run's files go (its record is written anew after this)."""
     for path in run_dir.iterdir():
         if path.name not in KEEP_ON_OVERWRITE:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -269,7 +283,8 @@ def check_record(run_dir: Path, cfg) -> None:
     """A resumed run's config must be the one its directory records, but for the keys resume may change."""
     path = run_dir / CONFIG
     if not path.is_file():
-        return  # no record: the run starts from scratch here
+        _refuse_unrecorded(run_dir)
+        return  # nothing here: the run starts from scratch
     try:
         recorded = config_snapshot(OmegaConf.load(path))
     except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as e:
@@ -280,6 +295,15 @@ def check_record(run_dir: Path, cfg) -> None:
             f"trainer.resume=true, but {run_dir} was started with another config: {'; '.join(changes)}. Resume it "
             f"with its own: python run.py hydra.run.dir={shlex.quote(str(run_dir))} trainer.resume=true (only "
             f"{', '.join(sorted(FREE_KEYS))} may be given besides)"
+        )
+
+
+def _refuse_unrecorded(run_dir: Path) -> None:
+    """A resume of a run whose record is gone: its config is unknown, and the defaults would be a wrong guess."""
+    if holds_run(run_dir):
+        raise CheckpointError(
+            f"trainer.resume=true, but {run_dir} holds a run without its record ({run_dir / CONFIG} is missing), "
+            "so its config is unknown: start it afresh with trainer.overwrite=true, or give another hydra.run.dir"
         )
 
 

@@ -41,6 +41,7 @@ TRAINER_KEYS = {  # conf/trainer/default.yaml
     "early_stopping": Key(dict, keys={"patience": Key(int, null=True, min=1), "min_delta": Key(float, min=0)}),
     "keep_last": Key(str, choices=KEEP_LAST),
     "save_best": Key(bool),
+    "dist_timeout_s": Key(float, above=0),
 }
 
 
@@ -70,6 +71,11 @@ def evaluations_need_a_dev_split(cfg) -> None:
     every N steps, nothing for early stopping to watch."""
     t = cfg.trainer
     if cfg.dataset.splits.get("dev") is None:
+        if not t.save_best:  # the model at the end of training is the run's only result
+            raise ConfigError(
+                "trainer.save_best=false with dataset.splits.dev=null would keep no model (no dev figures "
+                "either): allowed without a dev split: trainer.save_best=true"
+            )
         for key, value in (
             ("eval_every_steps", t.eval_every_steps),
             ("early_stopping.patience", t.early_stopping.patience),

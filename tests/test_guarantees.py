@@ -1,0 +1,140 @@
+"""Never a wrong result, round two (issue 24): a run's record that nothing but the run writes, caches keyed
+by everything they depend on, a job's identity without the keys that change nothing, checkpoints verified
+wherever they are read, trackers that cannot lose a run, and one line where a command used to raise."""
+
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from afqmc.runs import records as runs
+
+from .conftest import compose_cfg, run_py, summary
+
+# 4 optimizer steps, checkpoints/last after each
+TINY = [
+    "experiment=smoke",
+    "dataset.max_train_samples=64",
+    "trainer.epochs=1",
+    "trainer.predict=false",
+    "trainer.log_every=1",
+]
+RECORD = (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "summary.json")
+
+
+def snapshot(run_dir: Path) -> dict:
+    return {name: (run_dir / name).read_bytes() for name in RECORD if (run_dir / name).exists()}
+
+
+def one_line_error(proc, *needles):
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    errors = [line for line in out.splitlines() if "Error" in line]
+    assert len(errors) == 1 and all(n in errors[0] for n in needles), errors
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("completed") / "run"
+    proc = run_py(*TINY, f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+@pytest.fixture
+def copied(completed, tmp_path):
+    return shutil.copytree(completed, tmp_path / "run")
+
+
+# ---------------------------------------------------------------- 1, 18: the record
+@pytest.mark.slow
+def test_a_refused_command_leaves_the_record_as_it_was(copied):
+    before = snapshot(copied)
+    assert set(before) == set(RECORD)
+    fd = os.open(copied / runs.LOCK, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a run in progress holds the directory
+    try:
+        proc = run_py(*TINY, "trainer.overwrite=true", "optimizer.lr=0.5", "trainer.seed=9", f"hydra.run.dir={copied}")
+        one_line_error(proc, "RunDirError", "in use by")
+    finally:
+        os.close(fd)
+    assert snapshot(copied) == before
+    proc = run_py(*TINY, "optimizer.lr=-1", "trainer.overwrite=true", f"hydra.run.dir={copied}")  # a config refused
+    one_line_error(proc, "ConfigError", "optimizer.lr")
+    assert snapshot(copied) == before
+    proc = run_py(  # a resume that the record refuses, even with overwrite
+        f"hydra.run.dir={copied}", "trainer.resume=true", "trainer.overwrite=true", "optimizer.lr=0.5"
+    )
+    one_line_error(proc, "ConfigError", "optimizer.lr: 0.002 -> 0.5")
+    assert snapshot(copied) == before and summary(copied)["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_a_resume_without_the_record_is_refused(copied):
+    shutil.rmtree(copied / ".hydra")
+    before = sorted(p.name for p in copied.iterdir())
+    proc = run_py(f"hydra.run.dir={copied}", "trainer.resume=true")
+    one_line_error(proc, "CheckpointError", "without its record", "trainer.overwrite=true")
+    assert sorted(p.name for p in copied.iterdir()) == before and summary(copied)["status"] == "completed"
+
+
+def test_the_record_is_written_by_the_run_with_the_config_it_trains(tmp_path):
+    """Without Hydra (afqmc.train in Python) the run writes its record itself, once it holds the directory."""
+    cfg = compose_cfg(TINY)
+    with runs.claimed(tmp_path / "run", cfg):
+        assert runs.read_overrides(tmp_path / "run" / runs.OVERRIDES) == []
+        assert (tmp_path / "run" / runs.CONFIG).read_text() == runs.OmegaConf.to_yaml(cfg)
+
+
+# ---------------------------------------------------------------- 3, 4: what a job is, what a resume may change
+def test_free_keys_are_no_part_of_a_jobs_identity_nor_of_the_reports_groups(tmp_path):
+    from afqmc.report import seed_groups
+
+    job = ["optimizer.lr=1e-3", "trainer.seed=3"]
+    assert runs.job_identity([*job, "logger=tensorboard", "trainer.resume=true"]) == runs.job_identity(job)
+    assert runs.job_identity(["logger=[tensorboard,mlflow]", "+logger.mlflow.tracking_uri=x", *job]) == (
+        runs.job_identity(job)
+    )
+    # a grown sweep's new job records trainer.resume=True: still one group of three seeds
+    grid = [
+        runs.Run(tmp_path / str(i), ["optimizer.lr=1e-3", f"trainer.seed={i}", *extra], "completed")
+        for i, extra in ((1, []), (2, []), (3, ["trainer.resume=True", "logger=tensorboard"]))
+    ]
+    assert [len(members) for _, members in seed_groups(grid)] == [3]
+    # a sweep resumed with a tracker added is the sweep's resume, not one new job with the default config
+    runs.write_text(tmp_path / "sweep" / "0" / runs.OVERRIDES, "- optimizer.lr=1e-3\n")
+    argv = ["run.py", "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", "trainer.resume=true", "logger=tensorboard"]
+    assert runs.resume_argv(argv)[-1] == "hydra/sweeper=afqmc_resume"
+
+
+def test_a_resume_may_drop_or_change_its_trackers():
+    recorded = ["experiment=smoke", "logger=mlflow", "logger.mlflow.tracking_uri=file:///x", "optimizer.lr=1e-3"]
+    for given in (["~logger"], ["logger=[]"], ["logger=tensorboard"]):
+        assert runs.merge_overrides(recorded, given) == ["experiment=smoke", "optimizer.lr=1e-3", *given]
+        compose_cfg(runs.merge_overrides(recorded, given))  # Hydra composes it
+
+
+def test_cpu_threads_is_refused_on_resume(tmp_path):
+    """torch does not promise the same sums across thread counts: a resume with another count is refused."""
+    from afqmc.errors import ConfigError
+
+    run_dir = tmp_path / "run"
+    with runs.claimed(run_dir, compose_cfg([*TINY, "trainer.cpu_threads=1"])):
+        (run_dir / "metrics.jsonl").write_text("")
+    with pytest.raises(ConfigError, match=r"trainer.cpu_threads: 1 -> 2"):
+        with runs.claimed(run_dir, compose_cfg([*TINY, "trainer.cpu_threads=2", "trainer.resume=true"])):
+            pass
+
+
+# ---------------------------------------------------------------- 8: a run that would keep no model
+def test_no_dev_split_and_no_best_checkpoint_is_refused():
+    from afqmc.config.schema import check_config
+    from afqmc.errors import ConfigError
+
+    cfg = compose_cfg([*TINY, "dataset.splits.dev=null", "trainer.save_best=false"])
+    with pytest.raises(ConfigError, match=r"trainer.save_best=false with dataset.splits.dev=null would keep no model"):
+        check_config(cfg)
