@@ -138,3 +138,35 @@ def test_no_dev_split_and_no_best_checkpoint_is_refused():
     cfg = compose_cfg([*TINY, "dataset.splits.dev=null", "trainer.save_best=false"])
     with pytest.raises(ConfigError, match=r"trainer.save_best=false with dataset.splits.dev=null would keep no model"):
         check_config(cfg)
+
+
+# ---------------------------------------------------------------- 2: the encoded-split cache
+def test_the_encoded_split_cache_is_keyed_by_what_the_encoding_depends_on(tmp_path, tiny_bert_dir):
+    """One file read with each reading setting in turn, in one process as a sweep's jobs are: every encoding is
+    the tokenizer's own on the texts that setting reads, none another setting's from the cache."""
+    from transformers import AutoTokenizer
+
+    from afqmc.data.components import build_dataset
+    from afqmc.data.datasets import texts
+
+    rows = ['"借呗"\t花呗\t额度\t1', '信用卡\t"逾期"\t还款\t0', "支付宝\t开通\t网商贷\t1"]
+    (tmp_path / "train.tsv").write_text("a\tb\tc\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    base = ["dataset.format=tsv", f"dataset.root={tmp_path}", "dataset.splits.train=train.tsv"]
+    base += ["dataset.columns.text_a=a", "dataset.columns.text_b=b", "dataset.columns.label=label"]
+    settings = [
+        [],
+        ["dataset.columns.text_b=null"],
+        ["dataset.columns.text_b=c"],
+        ["dataset.columns.text_a=b", "dataset.columns.text_b=a"],
+        ["dataset.quoting=csv"],
+    ]
+    encodings = set()
+    for extra in settings:
+        split = build_dataset(compose_cfg([*base, *extra]).dataset, "train")
+        split.encode(tokenizer, 32)
+        fresh = tokenizer(*texts(split.examples), truncation=True, max_length=32)
+        got = {n: [f[n] for f in split.features] for n in ("input_ids", "token_type_ids")}
+        assert got == {n: fresh[n] for n in got}, extra
+        encodings.add(repr(got))
+    assert len(encodings) == len(settings)  # each setting read other texts
