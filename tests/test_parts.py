@@ -100,3 +100,11 @@ class _Module(nn.Module):
 def test_the_plugins_key_is_a_list_of_module_names(value):
     with pytest.raises(ConfigError, match=r"^plugins=.* is invalid; expected null or a list of module names$"):
         check_config(compose_cfg(["experiment=smoke", f"plugins={value}"]))
+
+
+def test_an_option_added_since_a_run_was_recorded_is_no_change_but_a_removed_one_is():
+    from afqmc.config.identity import config_changes
+
+    assert config_changes({"optimizer.lr": 0.1}, {"optimizer.lr": 0.1, "model.new_option": False}) == []
+    assert config_changes({"optimizer.lr": 0.1, "model.old": 1}, {"optimizer.lr": 0.1}) == ["model.old: 1 -> None"]
+    assert config_changes({"optimizer.lr": 0.1}, {"optimizer.lr": 0.2}) == ["optimizer.lr: 0.1 -> 0.2"]

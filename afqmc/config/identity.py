@@ -48,6 +48,8 @@ def config_snapshot(cfg) -> dict:
 
 
 def config_changes(saved: dict, now: dict) -> list[str]:
-    """'key: saved -> now' for each key (but FREE_KEYS and FREE_GROUPS) whose value differs."""
-    keys = sorted(k for k in (saved.keys() | now.keys()) - FREE_KEYS if not k.startswith(FREE_GROUPS))
+    """'key: saved -> now' for each key of the saved config (but FREE_KEYS and FREE_GROUPS) whose value differs.
+    A key the saved config lacks is an option added to afqmc since the run was recorded: its default keeps
+    what the run did before the option existed, so a run recorded by an older version still resumes."""
+    keys = sorted(k for k in saved.keys() - FREE_KEYS if not k.startswith(FREE_GROUPS))
     return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
