@@ -170,3 +170,34 @@ def test_the_encoded_split_cache_is_keyed_by_what_the_encoding_depends_on(tmp_pa
         assert got == {n: fresh[n] for n in got}, extra
         encodings.add(repr(got))
     assert len(encodings) == len(settings)  # each setting read other texts
+
+
+# ---------------------------------------------------------------- 5: checkpoints verified wherever read
+def flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def test_a_checkpoint_without_its_manifest_is_refused_unless_trusted(completed, tmp_path, monkeypatch):
+    from afqmc.errors import CheckpointError
+    from afqmc.training import checkpoint
+
+    best = shutil.copytree(completed / "checkpoints" / "best", tmp_path / "best")
+    (best / checkpoint.MANIFEST).unlink()
+    flip_a_bit(best / "model.safetensors")
+    with pytest.raises(CheckpointError, match=f"no checkpoint.json.*{checkpoint.TRUST_UNVERIFIED}=1"):
+        checkpoint.verify(best)
+    monkeypatch.setenv(checkpoint.TRUST_UNVERIFIED, "1")  # the user says to trust it
+    assert checkpoint.verify(best)["files"] == {}
+
+
+def test_a_corrupt_afqmc_checkpoint_as_model_checkpoint_is_refused(completed, tmp_path):
+    import afqmc
+    from afqmc.errors import CheckpointError
+
+    best = shutil.copytree(completed / "checkpoints" / "best", tmp_path / "best")
+    flip_a_bit(best / "model.safetensors")
+    cfg = compose_cfg([*TINY, f"model.checkpoint={best}"])
+    with pytest.raises(CheckpointError, match="model.safetensors: its content differs"):
+        afqmc.train(cfg, tmp_path / "run")

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 import afqmc
 from afqmc import evaluate, predict
 from afqmc.errors import CheckpointError
+from afqmc.files import sha256
 from afqmc.runs.card import CheckpointInfo, model_card
 from afqmc.training import checkpoint
 
@@ -191,6 +192,9 @@ def test_own_checkpoint_as_a_base_runs_none_of_its_files(trained, tmp_path, pool
     base = tmp_path / "base"
     shutil.copytree(best(trained("mean")), base)
     (base / "modeling_afqmc.py").write_text(f"open({str(tmp_path / 'RAN')!r}, 'w').close()\n")
+    manifest = json.loads((base / checkpoint.MANIFEST).read_text())  # (its checksum too: else refused as corrupt)
+    manifest["files"]["modeling_afqmc.py"] = sha256(base / "modeling_afqmc.py")
+    (base / checkpoint.MANIFEST).write_text(json.dumps(manifest))
     cfg = compose_cfg([f"model.checkpoint={base}", f"model.pooling={pooling}"]).model
     model, _ = build_pair_cls(cfg, ["0", "1"])
     saved = checkpoint.load_model(best(trained("mean")))
@@ -231,10 +235,14 @@ def test_custom_code_with_a_builtin_model_type_is_refused(tiny_bert_dir, tmp_pat
     assert not (tmp_path / "RAN").exists()
 
 
-def test_checkpoints_of_the_earlier_format_load(tiny_bert_dir):
-    """Model type bert, BertForPairwiseCLS's weights, no checkpoint.json: what checkpoints held before."""
+def test_checkpoints_of_the_earlier_format_load(tiny_bert_dir, monkeypatch):
+    """Model type bert, BertForPairwiseCLS's weights, no checkpoint.json: what checkpoints held before, loaded
+    once the user says to trust them (nothing to verify their files against)."""
     from afqmc.models.modeling import BertForPairwiseCLS
 
+    with pytest.raises(CheckpointError, match=checkpoint.TRUST_UNVERIFIED):
+        checkpoint.load_model(tiny_bert_dir)
+    monkeypatch.setenv(checkpoint.TRUST_UNVERIFIED, "1")
     model = checkpoint.load_model(tiny_bert_dir)
     assert type(model) is BertForPairwiseCLS and model.pooling == "cls"
     key = "bert.encoder.layer.0.attention.self.query.weight"

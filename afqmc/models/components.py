@@ -51,6 +51,10 @@ def _resolve(checkpoint: str) -> dict:
     Without this, an offline hub name spends ~25 s in download retries before a generic error.
     """
     if Path(checkpoint).is_dir():
+        if (Path(checkpoint) / "checkpoint.json").is_file():  # an afqmc checkpoint: its files verified first
+            from afqmc.training.checkpoint import verify
+
+            verify(Path(checkpoint))
         return {}
     try:
         _hub_config(checkpoint, local_files_only=True)

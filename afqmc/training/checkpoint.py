@@ -32,6 +32,7 @@ BEST = Path("checkpoints") / "best"
 LAST = Path("checkpoints") / "last"
 STATE = "state.pt"  # checkpoints/last's TrainState, beside the weights
 CARD = "README.md"  # the model card: people edit it before they share a checkpoint, and nothing loads it, so no sha256
+TRUST_UNVERIFIED = "AFQMC_TRUST_UNVERIFIED_CHECKPOINT"  # =1: a checkpoint without its manifest is used unverified
 MANIFEST = "checkpoint.json"  # {"model": the registered model's name, "files": {file: sha256}}
 
 
@@ -133,9 +134,14 @@ def verify(path: Path) -> dict:
             f"{path}: {'not a directory' if path.exists() else 'missing'}; a checkpoint is a directory. " + _WHAT_TO_DO
         )
     manifest = path / MANIFEST
-    if not manifest.is_file():  # written before checkpoint.json existed: the one model there was then
-        log.warning("%s has no %s (an older version wrote it): its files are not verified", path, MANIFEST)
-        return {"model": "bert_pair_cls", "files": {}}
+    if not manifest.is_file():  # deleted, or written before checkpoint.json existed: nothing to check it against
+        if os.environ.get(TRUST_UNVERIFIED) != "1":
+            raise CheckpointError(
+                f"{path} has no {MANIFEST}, so its files cannot be verified (a flipped bit would go unnoticed): "
+                f"{TRUST_UNVERIFIED}=1 uses it unverified, if you trust it"
+            )
+        log.warning("%s has no %s: its files are not verified (%s=1)", path, MANIFEST, TRUST_UNVERIFIED)
+        return {"model": "bert_pair_cls", "files": {}}  # the one model there was before checkpoint.json
     try:
         info = json.loads(manifest.read_text(encoding="utf-8"))
         model, files = info["model"], dict(info["files"])
