@@ -40,6 +40,11 @@ def run_predictions(run: Path) -> tuple[str, Path, int]:
         )
     if len(files) > 1:
         raise SubmissionError(f"{run}: several prediction files ({', '.join(f.name for f in files)}); expected one")
+    if summary.get("predictions_partial"):
+        raise SubmissionError(
+            f"{run}: its predictions are partial (dataset.max_test_samples): they cover only the first test "
+            "lines; predict the whole test split for CLUE"
+        )
     skipped = (summary.get("data") or {}).get("skipped_lines", {}).get("test") or 0
     if skipped:
         raise SubmissionError(

@@ -32,7 +32,10 @@ def test_option_composes_and_is_registered(group, option):
     check_names(cfg)
 
 
-@pytest.mark.parametrize("group,option", [o for o in OPTIONS if o[0] != "experiment"])
+KNOBS = [o for o in OPTIONS if o[0] != "experiment"] + [("dataset_defaults", "sentence_pairs")]
+
+
+@pytest.mark.parametrize("group,option", KNOBS)
 def test_every_knob_has_a_comment(group, option):
     """Each top-level key of a group option carries a one-line comment (nested maps: on the parent)."""
     path = CONF / group / f"{option}.yaml"

@@ -94,19 +94,17 @@ def test_the_config_check_loads_neither_torch_nor_transformers(tmp_path, model):
 
 
 def test_a_missing_key_is_called_missing(tmp_path):
-    """The README's corpus YAML without its `collate` line: missing, not 'None is not registered'."""
+    """A corpus YAML without its `format` line (conf/dataset_defaults/ gives no format): missing, named."""
     (tmp_path / "conf" / "dataset").mkdir(parents=True)
     text = (ROOT / "conf" / "dataset" / "afqmc.yaml").read_text()
     (tmp_path / "conf" / "dataset" / "mycorpus.yaml").write_text(
-        "".join(line for line in text.splitlines(keepends=True) if not line.startswith("collate:"))
+        "".join(line for line in text.splitlines(keepends=True) if not line.startswith("format:"))
     )
     proc = run_py(
         "dataset=mycorpus", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", f"hydra.run.dir={tmp_path / 'r'}"
     )
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 1 and "ConfigError: dataset.collate is missing; expected one of: pair_tokenize" in out, (
-        out
-    )
+    assert proc.returncode == 1 and "ConfigError: dataset.format is missing; expected one of 'jsonl'" in out, out
 
 
 @pytest.mark.slow

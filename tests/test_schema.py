@@ -6,7 +6,7 @@ import pytest
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from afqmc.config.registry import LOGGERS, OPTIMIZERS, Component
+from afqmc.config.registry import DATASETS, LOGGERS, OPTIMIZERS, Component
 from afqmc.config.schema import Key, check_config, compose_error
 from afqmc.errors import ConfigError
 
@@ -224,10 +224,12 @@ def test_every_yaml_has_exactly_its_schemas_keys():
 
     for group, registry in GROUPS.items():
         for path in sorted((CONF / group).glob("*.yaml")):
-            yaml = OmegaConf.load(path)
+            yaml = compose_cfg([f"{group}={path.stem}"])[group]  # a dataset: on conf/dataset_defaults/'s keys
             schema = registry.component(yaml.name).schema
             assert schema is not None, f"{path}: {group}.name={yaml.name} declares no schema"
             assert set(yaml) == {"name", *schema}, path
+    defaults = OmegaConf.load(CONF / "dataset_defaults" / "sentence_pairs.yaml")
+    assert set(defaults) < {"name", *DATASETS.component(defaults.name).schema}
     for path in sorted((CONF / "logger").glob("*.yaml")):  # one option a file, its keys under its name
         yaml = OmegaConf.load(path)
         assert list(yaml) == [path.stem], path

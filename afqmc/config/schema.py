@@ -17,9 +17,10 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from afqmc.config.plugins import load_plugins
@@ -169,6 +170,7 @@ def check_config(cfg: DictConfig) -> None:
     named = tuple(f"{r.key}{end}" for r in (*GROUPS.values(), COLLATORS) if r not in components for end in " =")
     for group, registry in GROUPS.items():
         if registry in components and components[registry].schema is not None:
+            _drop_defaults_not_declared(cfg, group, components[registry].schema)
             try:
                 found = map_problems(_plain(cfg, group), {"name": Key(str), **components[registry].schema}, group)
             except ConfigError as e:
@@ -188,6 +190,29 @@ def check_config(cfg: DictConfig) -> None:
     if problems:
         many = f"{len(problems)} problems: " + " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
         raise ConfigError(problems[0] if len(problems) == 1 else many)
+
+
+# conf/dataset_defaults/: composed under `dataset` before the dataset chosen (conf/config.yaml), the keys that
+# a dataset YAML of the built-in builder may leave out
+GROUP_DEFAULTS = {"dataset": Path(__file__).resolve().parents[2] / "conf" / "dataset_defaults" / "sentence_pairs.yaml"}
+
+
+def _drop_defaults_not_declared(cfg: DictConfig, group: str, schema: dict) -> None:
+    """A dataset of another builder (a plugin's) got the built-in builder's defaults too: those its schema does
+    not declare, still at their default value, go; one that the user set is still an unknown key."""
+    if group not in GROUP_DEFAULTS or not isinstance(cfg.get(group), DictConfig):
+        return
+    defaults = OmegaConf.to_container(OmegaConf.load(GROUP_DEFAULTS[group]))
+    node = cfg[group]
+    with open_dict(node):
+        for key, value in defaults.items():
+            if key not in schema and key != "name" and key in node and _plain_value(node, key) == value:
+                del node[key]
+
+
+def _plain_value(node: DictConfig, key: str):
+    value = node[key]
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def _options_problems(cfg: DictConfig, group: str, registry, components: dict) -> list[str]:

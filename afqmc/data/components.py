@@ -48,7 +48,9 @@ def _raw_labels(values: list) -> bool:
     return all(isinstance(v, (str, int)) and not isinstance(v, bool) and str(v).strip() for v in values)
 
 
-DATASET_KEYS = {  # conf/dataset/afqmc.yaml, checked before anything loads (afqmc/config/schema.py)
+# conf/dataset/afqmc.yaml, checked before anything loads (afqmc/config/schema.py). conf/dataset_defaults/ gives
+# a dataset YAML every key but task, root, format, splits, columns and label_map.
+DATASET_KEYS = {
     # task names predictions/<task>_predict.json: a separator or '..' would write outside the run directory
     "task": Key(
         str,
@@ -81,6 +83,7 @@ DATASET_KEYS = {  # conf/dataset/afqmc.yaml, checked before anything loads (afqm
     "streaming": Key(bool),
     "max_train_samples": Key(int, null=True, min=1),
     "max_eval_samples": Key(int, null=True, min=1),
+    "max_test_samples": Key(int, null=True, min=1),
     "collate": Key(str),
     "download": Key(
         dict,
@@ -142,7 +145,7 @@ def build_dataset(cfg, split: str, labeled: bool | None = None):
     path = split_path(cfg, split)
     if not path.is_file():
         raise DataError(f"{path}: split file {split!r} not found (dataset.root={cfg.root}, dataset.splits.{split})")
-    limit = {"train": cfg.max_train_samples, "dev": cfg.max_eval_samples}.get(split)
+    limit = {"train": cfg.max_train_samples, "dev": cfg.max_eval_samples, "test": cfg.max_test_samples}.get(split)
     skipped = SkippedLines()
     labeled = split != "test" if labeled is None else labeled
     examples = islice(read_examples(path, cfg, labeled=labeled, skipped=skipped), limit)

@@ -209,7 +209,10 @@ class Trainer:
         self.data = {split: ds.fingerprint() for split, ds in splits if ds is not None}  # for checkpoints/last
         n_test = self.test_set.count() if self.test_set is not None else "no"
         n_dev = self.dev_set.count() if self.dev_set is not None else "no"
-        log.info("data: %d train, %s dev, %s test pairs", n_train, n_dev, n_test)
+        unit = "pairs" if OmegaConf.select(dcfg, "columns.text_b") is not None else "examples"  # single sentences
+        log.info("data: %d train, %s dev, %s test %s", n_train, n_dev, n_test, unit)
+        if self.test_set is not None and dcfg.get("max_test_samples"):
+            log.warning("dataset.max_test_samples=%d: predictions cover those test lines only", dcfg.max_test_samples)
 
     def _loader_args(self) -> dict:
         """DataLoader arguments every split shares."""
@@ -603,6 +606,8 @@ class Trainer:
             "output_dir": str(self.out.resolve()),
             "checkpoint": str((self.out / BEST).resolve()) if t.save_best else None,
             "predictions": str(predictions.resolve()) if predictions else None,
+            # dataset.max_test_samples: the first N test lines only, no submission (afqmc.clue_submission)
+            "predictions_partial": bool(predictions and self.cfg.dataset.get("max_test_samples")),
             "data": {
                 counter: {split: getattr(ds, counter) for split, ds in splits.items() if ds is not None}
                 for counter in ("skipped_lines", "no_gold_label")

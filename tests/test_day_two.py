@@ -1,0 +1,84 @@
+"""Day two (issue 25): a corpus in six keys, configs outside the repo, parquet and `datasets` folders, a capped
+test split, the messages a newcomer met, the model card a Hub user expects."""
+
+import json
+
+import pytest
+
+import afqmc
+from afqmc.config.schema import check_config
+from afqmc.errors import ConfigError
+from tests.conftest import compose_cfg, summary
+
+# everything a corpus needs to say: the rest has defaults (afqmc/data/components.py, DATASET_KEYS)
+MINIMAL_YAML = """task: sentiment
+root: {root}
+format: tsv
+splits: {{train: train.tsv, dev: dev.tsv, test: test.tsv}}
+columns: {{text_a: text, text_b: null, label: label}}
+label_map: {{neg: 0, pos: 1}}
+"""
+TEXTS = [("借呗还款太慢了", "neg"), ("花呗额度提高真好", "pos"), ("信用卡逾期很烦", "neg"), ("支付宝开通很快", "pos")]
+
+
+def write_tsv(path, rows, header=("text", "label")):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join("\t".join(map(str, r)) + "\n" for r in ([header] if header else []) + list(rows)))
+    return path
+
+
+@pytest.fixture
+def user_conf(tmp_path):
+    """A user's own config directory (hydra.searchpath) with the minimal YAML of a sentiment corpus."""
+    data = tmp_path / "data"
+    write_tsv(data / "train.tsv", TEXTS * 4)
+    write_tsv(data / "dev.tsv", TEXTS)
+    write_tsv(data / "test.tsv", [(t, "") for t, _ in TEXTS] * 2)
+    (tmp_path / "conf" / "dataset").mkdir(parents=True)
+    (tmp_path / "conf" / "dataset" / "mine.yaml").write_text(MINIMAL_YAML.format(root=data))
+    return tmp_path / "conf"
+
+
+def mine(user_conf, *overrides):
+    return compose_cfg([f"hydra.searchpath=[file://{user_conf}]", "dataset=mine", *overrides])
+
+
+def test_a_corpus_yaml_of_six_keys_is_complete_and_its_label_map_replaces_the_default(user_conf, tmp_path, caplog):
+    caplog.set_level("INFO")
+    cfg = mine(user_conf, "experiment=smoke", "dataset.max_length=32", "trainer.epochs=1")
+    afqmc.train(cfg, tmp_path / "run")
+    assert "data: 16 train, 4 dev, 8 test examples" in caplog.text  # single sentences: no "pairs"
+    assert cfg.dataset.name == "sentence_pairs" and cfg.dataset.collate == "pair_tokenize"
+    assert dict(cfg.dataset.label_map) == {"neg": 0, "pos": 1}  # not merged with the default "0"/"1"
+    result = summary(tmp_path / "run")
+    assert result["status"] == "completed"
+    predictions = (tmp_path / "run" / "predictions" / "sentiment_predict.json").read_text().splitlines()
+    assert len(predictions) == 8 and {json.loads(p)["label"] for p in predictions} <= {"neg", "pos"}
+
+
+def test_a_required_key_left_out_is_named(user_conf):
+    path = user_conf / "dataset" / "mine.yaml"
+    path.write_text("".join(line for line in path.read_text().splitlines(True) if not line.startswith("format:")))
+    with pytest.raises(ConfigError, match="dataset.format is missing; expected one of 'jsonl'"):
+        check_config(mine(user_conf))
+
+
+def test_experiment_smoke_leaves_another_datasets_data_alone(user_conf):
+    cfg = mine(user_conf, "experiment=smoke")
+    assert cfg.dataset.root.endswith("data") and cfg.dataset.max_length == 128  # the user's, not smoke's
+    with pytest.raises(ConfigError, match="dataset.max_length=128.*max_position_embeddings"):  # said in one line
+        check_config(cfg)
+    assert compose_cfg(["experiment=smoke"]).dataset.root == str(afqmc.ASSETS / "smoke")
+
+
+def test_a_capped_test_split_predicts_its_first_lines_marked_partial_and_is_no_submission(tmp_path, caplog):
+    from afqmc.clue_submission import run_predictions
+    from afqmc.errors import SubmissionError
+
+    cfg = compose_cfg(["experiment=smoke", "dataset.max_test_samples=3", "trainer.epochs=1"])
+    afqmc.train(cfg, tmp_path)
+    assert len((tmp_path / "predictions" / "afqmc_predict.json").read_text().splitlines()) == 3
+    assert summary(tmp_path)["predictions_partial"] is True
+    assert "dataset.max_test_samples=3: predictions cover those test lines only" in caplog.text
+    with pytest.raises(SubmissionError, match="predictions are partial"):
+        run_predictions(tmp_path)
