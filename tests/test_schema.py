@@ -73,7 +73,7 @@ BAD = [
     ("optimizer.betas=[0.9,1.5]", r"optimizer.betas=\[0.9, 1.5\] is invalid; expected two numbers >= 0 and < 1"),
     ("trainer.precision=fp8", r"trainer.precision='fp8' is invalid; expected one of 'auto', 'fp32', 'bf16', 'fp16'$"),
     ("trainer.metric=auc", r"trainer.metric='auc' is invalid; expected one of 'accuracy', 'f1_macro', .*'loss'$"),
-    ("model.pooling=max", r"model.pooling='max' is invalid; expected one of 'cls', 'mean', 'pooler'$"),
+    ("model.pooling=max", r"model.pooling='max' is invalid; expected one of 'auto', 'cls', 'mean', 'pooler'$"),
     ("dataset.format=xml", r"dataset.format='xml' is invalid; expected one of 'jsonl', 'csv', 'tsv'$"),
     ("dataset.on_bad_line=ignore", r"dataset.on_bad_line='ignore' is invalid; expected one of 'error', 'skip'$"),
     ("trainer.device=gpu", r"trainer.device='gpu' is invalid; expected auto, cpu, cuda or cuda:N$"),

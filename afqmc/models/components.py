@@ -16,9 +16,10 @@ from urllib.parse import urlparse
 from afqmc.config.registry import MODELS
 from afqmc.config.schema import Key
 from afqmc.errors import ConfigError, ModelLoadError
+from afqmc.models.architectures import check_architecture, check_bert
 
 log = logging.getLogger(__name__)
-POOLINGS = ("cls", "mean", "pooler")
+POOLINGS = ("auto", "cls", "mean", "pooler")  # pooler: auto's old name (BERT's own head is its pooler)
 MODULE_KEYS = {  # conf/model/bert_pair_module.yaml, checked before anything loads (afqmc/config/schema.py)
     "checkpoint": Key(str),
     "pretrained": Key(bool),
@@ -28,6 +29,7 @@ MODULE_KEYS = {  # conf/model/bert_pair_module.yaml, checked before anything loa
     # its head reads the [CLS] vector; the key is there so that a recipe setting model.pooling=cls
     # (experiment=smoke) composes with either model
     "pooling": Key(str, choices=("cls",)),
+    "gradient_checkpointing": Key(bool),
 }
 MODEL_KEYS = {**MODULE_KEYS, "pooling": Key(str, choices=POOLINGS)}  # conf/model/bert_cls.yaml
 
@@ -100,12 +102,14 @@ def _load_config(checkpoint: str, trust: bool, where: dict, head: dict):
     from transformers import AutoConfig, PretrainedConfig
     from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
-    from afqmc.models.modeling_afqmc import MODEL_TYPE, AfqmcBertConfig
+    from afqmc.models.modeling_afqmc import ENCODER_TYPE, MODEL_TYPE, AfqmcBertConfig, AfqmcEncoderConfig
 
     files = {k: v for k, v in where.items() if k != "trust_remote_code"}
     values, _ = PretrainedConfig.get_config_dict(checkpoint, **files)  # JSON only: no code runs
     if values.get("model_type") == MODEL_TYPE:
         return AfqmcBertConfig.from_pretrained(checkpoint, **head, **files)
+    if values.get("model_type") == ENCODER_TYPE:
+        return AfqmcEncoderConfig.from_pretrained(checkpoint, **head, **files)
     code = ("config.json",) if "auto_map" in values else ()
     if "auto_map" in get_tokenizer_config(checkpoint, **files):
         code += ("tokenizer_config.json",)
@@ -127,21 +131,38 @@ def _loading(checkpoint: str):
 
 
 def max_positions(cfg) -> int | None:
-    """max_position_embeddings of model.checkpoint, before any weights load: from a local directory's
-    config.json, else from the hub config (cached, or fetched alone). None when the config has none."""
+    """max_position_embeddings of model.checkpoint, before any weights load (None when its config has none)."""
+    limit = checkpoint_config(cfg).get("max_position_embeddings")
+    return limit if isinstance(limit, int) else None
+
+
+def checkpoint_config(cfg) -> dict:
+    """model.checkpoint's config.json, read as JSON (a local directory's, else the hub's, cached or fetched alone)."""
     if Path(cfg.checkpoint).is_dir():
         path = Path(cfg.checkpoint) / "config.json"
         try:
             config = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"model.checkpoint={cfg.checkpoint!r}: cannot read {path} ({e})") from None
-        limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
-    else:
-        where = _resolve(cfg.checkpoint)
-        with _loading(cfg.checkpoint):
-            config = _hub_config(cfg.checkpoint, **where)
-        limit = config.get("max_position_embeddings")
-    return limit if isinstance(limit, int) else None
+        return config if isinstance(config, dict) else {}
+    where = _resolve(cfg.checkpoint)
+    with _loading(cfg.checkpoint):
+        return _hub_config(cfg.checkpoint, **where)
+
+
+def check_classifier(cfg) -> None:
+    """model=bert_cls: the checkpoint's architecture takes model.pooling (architectures.py), and its positions
+    hold dataset.max_length."""
+    check_architecture(
+        cfg.model.checkpoint, checkpoint_config(cfg.model), cfg.model.pooling, cfg.model.trust_remote_code
+    )
+    max_length_fits(cfg)
+
+
+def check_module(cfg) -> None:
+    """model=bert_pair_module: a BERT checkpoint, whose positions hold dataset.max_length."""
+    check_bert(cfg.model.checkpoint, checkpoint_config(cfg.model), cfg.model.name)
+    max_length_fits(cfg)
 
 
 def max_length_fits(cfg) -> None:
@@ -165,35 +186,71 @@ def load_tokenizer(checkpoint: str, do_lower_case: bool | None = None, trust_rem
 
 
 def _build(cfg, label_names: list[str], make):
-    """(model, tokenizer): the checkpoint's BERT config with a head for label_names (label_names[i] is the
-    raw label of class i), `make(config, where)` builds the model, the checkpoint's tokenizer."""
-    from afqmc.models.modeling_afqmc import MODEL_TYPE
-
+    """(model, tokenizer): the checkpoint's config with a head for label_names (label_names[i] is the raw label
+    of class i), the checkpoint's tokenizer fitted to it (fit_tokenizer), `make(config, where)` builds the model."""
     trust = cfg.trust_remote_code
     where = {**_resolve(cfg.checkpoint), "trust_remote_code": trust}
     head = {
         "num_labels": len(label_names),
         "id2label": dict(enumerate(label_names)),
         "label2id": {name: i for i, name in enumerate(label_names)},
-        "classifier_dropout": cfg.dropout,
     }
     with _loading(cfg.checkpoint):
         config = _load_config(cfg.checkpoint, trust, where, head)
-        if config.model_type not in ("bert", MODEL_TYPE):
-            raise ConfigError(
-                f"model.checkpoint={cfg.checkpoint!r} is a {config.model_type!r} model; "
-                f"model.name={cfg.name} needs a BERT encoder"
-            )
-        model = make(config, where)
         tokenizer = load_tokenizer(cfg.checkpoint, cfg.do_lower_case, **where)
+        fit_tokenizer(tokenizer, config)
+        model = make(config, where)
+    if cfg.get("gradient_checkpointing"):
+        gradient_checkpointing(model, cfg.checkpoint)
     log.info(
-        "model: %s (%s, %.1fM parameters, %s pooling)",
+        "model: %s (%s, %s, %.1fM parameters, %s pooling)",
         cfg.checkpoint,
+        config.model_type,
         "pretrained" if cfg.pretrained else "random init",
         sum(p.numel() for p in model.parameters()) / 1e6,
         cfg.get("pooling", "cls"),
     )
     return model, tokenizer
+
+
+def fit_tokenizer(tokenizer, config) -> None:
+    """The tokenizer made to give the model what it takes; saved with the checkpoint, so predict and a plain
+    transformers load get the same. Segment ids only for a model with more than one token type (RoBERTa, XLM-R,
+    DeBERTa-v2, ModernBERT, the decoders have one or none: a 1 for the second text would index past its table, or
+    be refused); a pad token where there is none (Llama's), the end-of-text token, as decoders pad; padding on the
+    right, where the positions of the real tokens do not depend on the batch (a decoder's head scores the last
+    real token whatever the side, but its positions would shift)."""
+    names = list(tokenizer.model_input_names)
+    encoder = config.encoder_config() if hasattr(config, "encoder_config") else config  # (afqmc_encoder's inside)
+    if (getattr(encoder, "type_vocab_size", None) or 0) <= 1 and "token_type_ids" in names:
+        names.remove("token_type_ids")
+        tokenizer.model_input_names = names
+        tokenizer.init_kwargs["model_input_names"] = names  # (what save_pretrained writes)
+    if tokenizer.pad_token is None:
+        fill = tokenizer.eos_token or tokenizer.unk_token
+        if fill is None:
+            raise ModelLoadError(
+                f"the tokenizer of model.checkpoint={tokenizer.name_or_path!r} has no pad, end-of-text or unknown "
+                "token to pad batches with; add a pad_token to its tokenizer_config.json"
+            )
+        tokenizer.pad_token = fill
+        log.info("model: the tokenizer has no pad token; padding with %r", fill)
+    if getattr(config, "pad_token_id", None) is None:  # a decoder's head finds the last real token by it
+        config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.padding_side = "right"
+    tokenizer.init_kwargs["padding_side"] = "right"
+
+
+def gradient_checkpointing(model, checkpoint: str) -> None:
+    """model.gradient_checkpointing=true: the transformers model inside recomputes each layer's activations in
+    the backward pass instead of keeping them (non-reentrant: the same dropout masks, so the same gradient)."""
+    inner = next((m for m in model.modules() if getattr(m, "supports_gradient_checkpointing", False)), None)
+    if inner is None:
+        raise ConfigError(
+            f"model.gradient_checkpointing=true: the model of model.checkpoint={checkpoint!r} does not support "
+            "it; allowed for it: false"
+        )
+    inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _modeling(name: str):
@@ -210,7 +267,7 @@ def _modeling(name: str):
 @MODELS.register(
     "bert_pair_cls",
     schema=MODEL_KEYS,
-    check=max_length_fits,
+    check=check_classifier,
     save=_modeling("save_classifier"),
     load=_modeling("load_classifier"),
 )
@@ -218,7 +275,7 @@ def build_pair_cls(cfg, label_names: list[str]):
     from afqmc.models.modeling import build_classifier
 
     def make(config, where):
-        return build_classifier(config, cfg.pooling, cfg.checkpoint if cfg.pretrained else None, **where)
+        return build_classifier(config, cfg.pooling, cfg.checkpoint if cfg.pretrained else None, cfg.dropout, **where)
 
     return _build(cfg, label_names, make)
 
@@ -226,7 +283,7 @@ def build_pair_cls(cfg, label_names: list[str]):
 @MODELS.register(
     "bert_pair_module",
     schema=MODULE_KEYS,
-    check=max_length_fits,
+    check=check_module,
     save=_modeling("save_module"),
     load=_modeling("load_module"),
 )
@@ -234,6 +291,7 @@ def build_pair_module(cfg, label_names: list[str]):
     from afqmc.models.modeling import BertPairModule, load_encoder
 
     def make(config, where):
+        config.classifier_dropout = cfg.dropout
         return BertPairModule(config, load_encoder(cfg.checkpoint, config, **where) if cfg.pretrained else None)
 
     return _build(cfg, label_names, make)

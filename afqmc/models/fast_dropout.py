@@ -49,9 +49,10 @@ def use_fast_dropout(model: nn.Module) -> bool:
     """Swap in FastDropout and the attention above, in place; False (and the model left as it was) when its
     attention is not transformers' pluggable kind. Not saved: a checkpoint reloads with transformers'
     defaults, and evaluation (no dropout) is unchanged."""
-    # the outermost transformers model: the model itself, or the encoder inside a plain nn.Module
-    outer = next((m for m in model.modules() if hasattr(m, "set_attn_implementation")), None)
-    if outer is None or not getattr(outer, "_supports_attention_backend", False):
+    # the outermost transformers model whose attention is pluggable: the model itself, or the encoder inside a
+    # plain nn.Module or afqmc's EncoderForPairwiseCLS (DeBERTa-v2's attention is its own: none)
+    outer = next((m for m in model.modules() if getattr(m, "_supports_attention_backend", False)), None)
+    if outer is None or not hasattr(outer, "set_attn_implementation"):
         return False
     try:
         outer.set_attn_implementation(ATTENTION)

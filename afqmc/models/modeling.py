@@ -1,11 +1,12 @@
 """The classifiers model.py registers, and what their checkpoints hold, so that a checkpoint loads right
 in afqmc and in transformers alike, or not at all:
 
-- model.pooling=pooler: transformers' own BertForSequenceClassification (BERT's pretrained pooler, a
-  dense layer and tanh over [CLS], then dropout and a linear head). Its checkpoints are plain BERT ones:
-  AutoModelForSequenceClassification builds this very model from them.
-- model.pooling=cls or mean: BertForPairwiseCLS, defined in modeling_afqmc.py, which goes beside the weights
-  (config.json's auto_map names it) and runs in transformers only with trust_remote_code=True.
+- model.pooling=auto (or its old name, pooler): the architecture's own head, what
+  AutoModelForSequenceClassification builds for the checkpoint (BERT's pooler over [CLS]; RoBERTa's dense
+  head over <s>; a decoder's score of its last real token). Its checkpoints are plain transformers ones.
+- model.pooling=cls or mean: BertForPairwiseCLS over BERT, EncoderForPairwiseCLS over any other encoder
+  AutoModel builds, defined in modeling_afqmc.py, which goes beside the weights (config.json's auto_map
+  names it) and runs in transformers only with trust_remote_code=True.
 - BertPairModule, a plain torch.nn.Module: its computation and weight names are BertForPairwiseCLS's with
   [CLS] pooling, so its checkpoints are written as that model's and load in transformers the same way.
 """
@@ -19,16 +20,28 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import BertConfig, BertForSequenceClassification, BertModel
+from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig, BertModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from afqmc.errors import ModelLoadError
+from afqmc.errors import ConfigError, ModelLoadError
 from afqmc.models import modeling_afqmc
-from afqmc.models.modeling_afqmc import AfqmcBertConfig, BertForPairwiseCLS, classify, head_dropout
+from afqmc.models.modeling_afqmc import (
+    ENCODER_TYPE,
+    MODEL_TYPE,
+    AfqmcBertConfig,
+    AfqmcEncoderConfig,
+    BertForPairwiseCLS,
+    EncoderForPairwiseCLS,
+    classify,
+    head_dropout,
+)
 
 log = logging.getLogger(__name__)
 MODELING_FILE = Path(modeling_afqmc.__file__).name
 WEIGHTS = "model.safetensors"  # tensors only: loading them runs no code
+OWN_HEAD = ("auto", "pooler")  # the model.pooling values that mean the architecture's own head
+# the head's dropout, as each family's config names it (BERT, RoBERTa, ELECTRA, ERNIE, ModernBERT: the first)
+HEAD_DROPOUTS = ("classifier_dropout", "classifier_dropout_prob", "cls_dropout", "pooler_dropout")
 
 
 def afqmc_config(values: dict, pooling: str) -> AfqmcBertConfig:
@@ -42,33 +55,80 @@ def _bert_values(values: dict) -> dict:
     return {k: v for k, v in values.items() if k not in ("model_type", "auto_map")}
 
 
-def build_classifier(config, pooling: str, checkpoint: str | None = None, **where):
-    """model.pooling's classifier for a BERT `config`, with the weights of `checkpoint` (None: at random)."""
-    if pooling == "pooler":  # pooling: read back by load_classifier; transformers ignores it
-        config = BertConfig.from_dict({**_bert_values(config.to_dict()), "pooling": pooling})
-        cls = BertForSequenceClassification
+def build_classifier(config, pooling: str, checkpoint: str | None = None, dropout: float | None = None, **where):
+    """model.pooling's classifier for a checkpoint's `config` (labels set), with the weights of `checkpoint`
+    (None: at random); `dropout`: the head's (None: the checkpoint's)."""
+    bert = config.model_type in ("bert", MODEL_TYPE)
+    if pooling in OWN_HEAD:  # pooling: read back by load_classifier; transformers ignores it
+        if bert:  # (an afqmc_bert checkpoint as the base: its BERT config)
+            config = BertConfig.from_dict(_bert_values(config.to_dict()))
+        config.pooling = pooling
+        set_head_dropout(config, dropout)
+        cls = AutoModelForSequenceClassification
+    elif bert:
+        config, cls = afqmc_config({**config.to_dict(), "classifier_dropout": dropout}, pooling), BertForPairwiseCLS
     else:
-        config, cls = afqmc_config(config.to_dict(), pooling), BertForPairwiseCLS
+        return _pooled_encoder(config, pooling, checkpoint, dropout, **where)
     if checkpoint is None:
-        return cls(config)
+        return cls.from_config(config) if cls is AutoModelForSequenceClassification else cls(config)
     # A checkpoint fine-tuned on another task has a head for its own labels (AFQMC's 2, not TNEWS' 15):
     # that head starts afresh; any other weight of another shape is a broken checkpoint.
     model, loaded = _from_pretrained(cls, checkpoint, config=config, ignore_mismatched_sizes=True, **where)
     mismatched = sorted(key for key, *_ in loaded["mismatched_keys"])
-    if any(not key.startswith("classifier.") for key in mismatched):
+    if any(_in_base(model, key) for key in mismatched):
         raise ModelLoadError(
             f"model.checkpoint={checkpoint!r} could not be loaded: weights of another shape than its "
             f"config.json says ({', '.join(mismatched)})"
         )
     if mismatched:
         log.warning("model.checkpoint has a head for other labels: a new head for %d labels", config.num_labels)
-    if pooling == "pooler" and any(key.startswith("bert.pooler.") for key in loaded["missing_keys"]):
+    if pooling in OWN_HEAD and bert and any(key.startswith("bert.pooler.") for key in loaded["missing_keys"]):
         log.warning(
-            "model.checkpoint=%s has no pooler weights: model.pooling=pooler starts from a random pooler "
+            "model.checkpoint=%s has no pooler weights: model.pooling=%s starts from a random pooler "
             "(dense + tanh), trained with the head; model.pooling=mean or cls uses the encoder as it was "
             "pretrained (README, Pooling)",
             checkpoint,
+            pooling,
         )
+    return model
+
+
+def _in_base(model, key: str) -> bool:
+    """Whether a weight is the encoder's (bert.*, roberta.*, Qwen2's model.*), not the head's."""
+    return model.base_model is model or key.startswith(model.base_model_prefix + ".")
+
+
+def set_head_dropout(config, dropout: float | None) -> None:
+    """model.dropout into the config keys the architecture's head reads; null leaves the checkpoint's."""
+    if dropout is None:  # (not None written into the config: ModernBERT's refuses it)
+        return
+    names = [name for name in HEAD_DROPOUTS if hasattr(config, name)]
+    if not names:
+        raise ConfigError(
+            f"model.dropout={dropout}: the head of a {config.model_type!r} model (model.pooling=auto) has no "
+            "dropout; allowed: model.dropout=null, or model.pooling=mean"
+        )
+    for name in names:
+        setattr(config, name, dropout)
+
+
+def _pooled_encoder(config, pooling: str, checkpoint: str | None, dropout: float | None, **where):
+    """EncoderForPairwiseCLS over the encoder AutoModel builds for `config`, pretrained from `checkpoint`."""
+    if config.model_type == ENCODER_TYPE:  # afqmc's own checkpoint of one as the base: the same encoder
+        values = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "auto_map")}
+        config = AfqmcEncoderConfig(**{**values, "pooling": pooling, "classifier_dropout": dropout})
+        if checkpoint is None:
+            return EncoderForPairwiseCLS(config)
+        model, _ = _from_pretrained(EncoderForPairwiseCLS, checkpoint, config=config, ignore_mismatched_sizes=True)
+        return model
+    head = {k: getattr(config, k) for k in ("num_labels", "id2label", "label2id")}
+    values = {k: v for k, v in config.to_dict().items() if k not in ("id2label", "label2id", "auto_map", "pooling")}
+    model = EncoderForPairwiseCLS(
+        AfqmcEncoderConfig(encoder=values, pooling=pooling, classifier_dropout=dropout, **head)
+    )
+    if checkpoint is not None:
+        encoder, _ = _from_pretrained(AutoModel, checkpoint, config=config, **where)
+        model.set_encoder(encoder)
     return model
 
 
@@ -93,7 +153,7 @@ def _from_pretrained(cls, checkpoint: str, **kwargs):
         logger.removeFilter(no_table)
     new, unused = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
     if new:
-        what = "a new classification head" if all(k.startswith("classifier.") for k in new) else "new weights"
+        what = "new weights" if any(_in_base(model, k) for k in new) else "a new classification head"
         log.info("model: %s (%s): not in %s, initialised at random", what, ", ".join(new), checkpoint)
     if unused:
         log.info("model: %d weights of %s unused (%s)", len(unused), checkpoint, ", ".join(unused))
@@ -102,7 +162,7 @@ def _from_pretrained(cls, checkpoint: str, **kwargs):
 
 def save_classifier(model, directory: Path) -> None:
     model.save_pretrained(directory)
-    if isinstance(model.config, AfqmcBertConfig):  # its auto_map names this file
+    if isinstance(model.config, (AfqmcBertConfig, AfqmcEncoderConfig)):  # its auto_map names this file
         shutil.copyfile(modeling_afqmc.__file__, directory / MODELING_FILE)
 
 
@@ -110,10 +170,12 @@ def load_classifier(directory: Path):
     """What save_classifier wrote, with afqmc's own code (never the modeling file beside the weights).
     Checkpoints written before the pooler option have model type bert, and cls or mean pooling."""
     config = _config_values(directory)
-    if config.get("pooling") == "pooler":
-        return BertForSequenceClassification.from_pretrained(directory).eval()
-    pooling = config.get("pooling", "cls")
-    return BertForPairwiseCLS.from_pretrained(directory, config=afqmc_config(config, pooling)).eval()
+    pooling, model_type = config.get("pooling", "cls"), config.get("model_type")
+    if model_type == ENCODER_TYPE:
+        return EncoderForPairwiseCLS.from_pretrained(directory).eval()
+    if model_type in ("bert", MODEL_TYPE) and pooling not in OWN_HEAD:
+        return BertForPairwiseCLS.from_pretrained(directory, config=afqmc_config(config, pooling)).eval()
+    return AutoModelForSequenceClassification.from_pretrained(directory).eval()  # a built-in model type's own head
 
 
 def save_module(model, directory: Path) -> None:

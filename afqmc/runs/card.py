@@ -69,6 +69,20 @@ def _loads_with(directory: Path) -> str:
     return "custom_code" if "auto_map" in json.loads(path.read_text(encoding="utf-8")) else "transformers"
 
 
+def architecture(directory: Path) -> str | None:
+    """What config.json says the model is: its class (RobertaForSequenceClassification), and for afqmc's
+    cls/mean classifier the encoder inside (EncoderForPairwiseCLS over roberta); None without a config.json."""
+    path = directory / "config.json"
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text(encoding="utf-8"))
+    name = (config.get("architectures") or [config.get("model_type")])[0]
+    inner = (config.get("encoder") or {}).get("model_type") or (
+        "bert" if config.get("model_type") == "afqmc_bert" else None
+    )
+    return f"{name} over a {inner} encoder" if inner else name
+
+
 def _python_use(loads_with: str, texts: list[str], max_length: int) -> str:
     if loads_with == "afqmc":
         return f"""from afqmc.predict import Predictor
@@ -163,6 +177,8 @@ def model_card(info: CheckpointInfo, directory: Path) -> str:
     first, second = "蚂蚁借呗等额还款可以换成先息后本吗", "借呗有先息到期还本吗"
     texts = f'"{first}"' if single else f'"{first}" "{second}"'
     base = f" from `{model['checkpoint']}`" if model.get("checkpoint") else ""
+    built = architecture(directory)
+    arch = f"Architecture: `{built}`; base checkpoint: `{model.get('checkpoint')}`.\n\n" if built else ""
     pooled = f", {pooling} pooling" if loads_with != "afqmc" else ""
     overrides = " ".join(info.overrides) if info.overrides else "(none: the run's defaults)"
     labels = ", ".join(f"{i}: {raw!r}" for raw, i in sorted(data["label_map"].items(), key=lambda kv: kv[1]))
@@ -170,8 +186,8 @@ def model_card(info: CheckpointInfo, directory: Path) -> str:
         "custom_code": f"The architecture ({pooling} pooling) is not one transformers ships: `modeling_afqmc.py` "
         "beside the weights defines it, and `config.json` names it, so it loads only with `trust_remote_code=True` "
         "(read the file first: it is short). Without it the load fails rather than build a different model.\n",
-        "transformers": "It is a plain `BertForSequenceClassification` (BERT's pooler over [CLS], dropout, a linear "
-        "head).\n",
+        "transformers": f"It is a plain `{architecture(directory)}`, the architecture's own classification head: "
+        "it loads in transformers as it is.\n",
         "afqmc": f"`{model['name']}` is not a transformers model: afqmc loads it with the code that registered it "
         f"(the plugins {cfg.get('plugins') or []} of `run_config.yaml` must be importable).\n",
     }[loads_with]
@@ -182,7 +198,7 @@ def model_card(info: CheckpointInfo, directory: Path) -> str:
 
 Fine-tuned with afqmc{base} on {_source(data)}. Model `{model["name"]}`{pooled}; classes {labels}.
 
-## Dev metrics
+{arch}## Dev metrics
 
 {_metrics_table(info)}
 ## Training

@@ -6,6 +6,7 @@ is imported when a run builds it.
 
 from __future__ import annotations
 
+import math
 import re
 
 from afqmc.config.registry import TRAINERS
@@ -41,6 +42,13 @@ TRAINER_KEYS = {  # conf/trainer/default.yaml
     "early_stopping": Key(dict, keys={"patience": Key(int, null=True, min=1), "min_delta": Key(float, min=0)}),
     "keep_last": Key(str, choices=KEEP_LAST),
     "save_best": Key(bool),
+    "label_smoothing": Key(float, min=0, below=1),
+    "class_weights": Key(
+        object,
+        null=True,
+        rule=lambda w: w == "balanced" or (isinstance(w, list) and w and all(_positive(x) for x in w)),
+        says="null, 'balanced' or a list of positive numbers, one per label",
+    ),
     "dist_timeout_s": Key(float, above=0),
 }
 
@@ -87,8 +95,24 @@ def evaluations_need_a_dev_split(cfg) -> None:
                 )
 
 
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def class_weights_fit_labels(cfg) -> None:
+    """A list of class weights has one weight per label: torch would fail in the first step, or, a weight short,
+    silently weigh the classes other than meant."""
+    weights, n = cfg.trainer.get("class_weights"), len(cfg.dataset.label_map)
+    if weights is not None and weights != "balanced" and len(weights) != n:
+        raise ConfigError(
+            f"trainer.class_weights has {len(weights)} weights, dataset.label_map {n} labels; expected one weight "
+            "per label, in the order of the labels' indices, or trainer.class_weights=balanced"
+        )
+
+
 def check_trainer(cfg) -> None:
     metric_fits_labels(cfg)
+    class_weights_fit_labels(cfg)
     predictions_need_the_best(cfg)
     evaluations_need_a_dev_split(cfg)
 

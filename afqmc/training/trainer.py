@@ -55,6 +55,16 @@ def label_names(label_map) -> list[str]:
     return [str(raw) for raw, _ in sorted(label_map.items(), key=lambda kv: kv[1])]
 
 
+def label_counts(dataset, classes: int) -> list[int]:
+    """How many examples of each class a labelled split holds: from its examples where it keeps them in memory,
+    else one pass over it (a streaming split, a plugin's)."""
+    examples = getattr(dataset, "examples", None)
+    counts = [0] * classes
+    for example in examples if examples is not None else dataset:
+        counts[example["label"]] += 1
+    return counts
+
+
 def saved_buffers(model: torch.nn.Module) -> bool:
     """Buffers saved with the weights may change as the model trains (batch norm's statistics): DDP must send
     rank 0's to all. Constant ones, such as BERT's position ids, are not saved and need no broadcast."""
@@ -83,6 +93,7 @@ class Trainer:
         self.eval_loaders: dict[str, DataLoader] = {}
         self.batches_per_epoch = 0
         self.data: dict = {}  # each split's fingerprint, for checkpoints/last
+        self.class_weights: torch.Tensor | None = None  # the loss's weight of each class (trainer.class_weights)
         # _setup_optimizer
         self.optimizer = self.scheduler = None
         self.total_steps = 0
@@ -117,6 +128,7 @@ class Trainer:
     def _setup_training(self) -> None:
         self._setup_model()
         self._setup_data()
+        self.class_weights = self._class_weights()
         self._setup_optimizer()
         if self.tcfg.resume:
             self._resume()
@@ -213,6 +225,25 @@ class Trainer:
         log.info("data: %d train, %s dev, %s test %s", n_train, n_dev, n_test, unit)
         if self.test_set is not None and dcfg.get("max_test_samples"):
             log.warning("dataset.max_test_samples=%d: predictions cover those test lines only", dcfg.max_test_samples)
+
+    def _class_weights(self) -> torch.Tensor | None:
+        """trainer.class_weights as a tensor: a list as given, or balanced, n / (classes x count) from the train
+        split's labels (sklearn's "balanced": each class weighs as much in the loss as the others)."""
+        want = self.tcfg.get("class_weights")
+        if want is None:
+            return None
+        if want == "balanced":
+            counts = label_counts(self.train_set, len(self.label_names))
+            missing = [self.label_names[c] for c, n in enumerate(counts) if n == 0]
+            if missing:
+                raise ConfigError(
+                    f"trainer.class_weights=balanced: the train split has no example of label(s) {missing}; "
+                    "allowed: null, or a list with one weight per label"
+                )
+            want = [sum(counts) / (len(counts) * n) for n in counts]
+        weights = torch.tensor([float(w) for w in want])
+        log.info("class weights: %s", ", ".join(f"{c} {w:.4f}" for c, w in zip(self.label_names, weights.tolist())))
+        return weights.to(self.device)
 
     def _loader_args(self) -> dict:
         """DataLoader arguments every split shares."""
@@ -428,14 +459,24 @@ class Trainer:
             synced = dist.world_size() == 1 or (stepping and j == len(pieces) - 1)
             with contextlib.nullcontext() if synced else self.forward.no_sync():
                 with self.autocast():
-                    loss = self.loss(logits_of(self.forward(**inputs)), labels) * (len(labels) / len(batch["labels"]))
+                    loss = self.loss(logits_of(self.forward(**inputs)), labels) * self._share(labels, batch["labels"])
                 self.scaler.scale(loss / self.tcfg.grad_accum_steps).backward()
             total = total + loss.detach()
         return total
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The training loss of a batch: the mean cross-entropy, in fp32 whatever the precision."""
-        return F.cross_entropy(logits.float(), labels)
+        """The training loss of a batch: the mean cross-entropy, in fp32 whatever the precision, with
+        trainer.label_smoothing and trainer.class_weights (a weighted mean: divided by the labels' weights)."""
+        smoothing = self.tcfg.get("label_smoothing") or 0.0
+        return F.cross_entropy(logits.float(), labels, weight=self.class_weights, label_smoothing=smoothing)
+
+    def _share(self, piece: torch.Tensor, batch: torch.Tensor) -> float:
+        """A piece's part of its batch's mean loss (split_by_length): its labels' weight over the batch's, so
+        that the pieces' losses add up to the whole batch's."""
+        if self.class_weights is None:
+            return len(piece) / len(batch)
+        weight = self.class_weights.cpu()
+        return (weight[piece.cpu()].sum() / weight[batch.cpu()].sum()).item()
 
     def _check_finite(self, running: torch.Tensor | float, epoch: int, weights: bool = True) -> None:
         """The running loss is a moving average: once a step's loss is nan or inf, so is it, until the
@@ -616,6 +657,7 @@ class Trainer:
             "precision": self.precision,
             "world_size": dist.world_size(),
             "global_batch_size": t.batch_size * t.grad_accum_steps * dist.world_size(),
+            "class_weights": None if self.class_weights is None else self.class_weights.tolist(),
         }
 
     def _log(self, record: dict) -> None:
