@@ -8,7 +8,7 @@ import pytest
 import afqmc
 from afqmc.config.schema import check_config
 from afqmc.errors import ConfigError
-from tests.conftest import compose_cfg, summary
+from tests.conftest import ROOT, compose_cfg, summary
 
 # everything a corpus needs to say: the rest has defaults (afqmc/data/components.py, DATASET_KEYS)
 MINIMAL_YAML = """task: sentiment
@@ -82,3 +82,65 @@ def test_a_capped_test_split_predicts_its_first_lines_marked_partial_and_is_no_s
     assert "dataset.max_test_samples=3: predictions cover those test lines only" in caplog.text
     with pytest.raises(SubmissionError, match="predictions are partial"):
         run_predictions(tmp_path)
+
+
+def test_a_resume_gets_the_runs_searchpath_made_absolute(tmp_path):
+    from afqmc.runs.records import resume_argv
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- dataset=mine\n")
+    (run / ".hydra" / "hydra.yaml").write_text(
+        f"hydra:\n  searchpath: ['file://conf', 'pkg://x.conf']\n  runtime: {{cwd: {tmp_path}}}\n"
+    )
+    argv = resume_argv(["run.py", f"hydra.run.dir={run}", "trainer.resume=true"])
+    assert f"hydra.searchpath=['file://{tmp_path}/conf','pkg://x.conf']" in argv and "dataset=mine" in argv
+
+
+@pytest.mark.slow
+def test_the_printed_resume_command_of_a_run_on_a_users_config_directory_works_pasted(user_conf, tmp_path):
+    """SIGTERM a run whose dataset YAML is in the user's directory (a relative hydra.searchpath), then run the
+    command it printed, as printed, from another directory."""
+    import shlex
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ENV, signal_at
+
+    args = ["hydra.searchpath=[file://conf]", "dataset=mine", "experiment=smoke", "dataset.max_length=32"]
+    proc = signal_at(
+        2,
+        signal.SIGTERM,
+        *args,
+        "trainer.epochs=1",
+        "trainer.batch_size=4",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 143, proc.stdout[-3000:]
+    printed = proc.stdout.split("go on with: ")[1].splitlines()[0]
+    assert printed == f"python run.py hydra.run.dir={tmp_path / 'run'} trainer.resume=true"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    command = [sys.executable, str(ROOT / "run.py"), *shlex.split(printed)[2:]]
+    proc = subprocess.run(command, cwd=elsewhere, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and summary(tmp_path / "run")["status"] == "completed", proc.stderr[-3000:]
+
+
+def test_help_lists_the_options_of_a_users_config_directory(user_conf):
+    import subprocess
+    import sys
+
+    from tests.conftest import ENV
+
+    proc = subprocess.run(
+        [sys.executable, "run.py", f"hydra.searchpath=[file://{user_conf}]", "--help"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert f"dataset=mine (hydra.searchpath: {user_conf / 'dataset' / 'mine.yaml'})" in proc.stdout, proc.stdout
+    assert "  label_map: {neg: 0, pos: 1}" in proc.stdout

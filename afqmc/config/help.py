@@ -57,4 +57,28 @@ def help_keys() -> str:
             new = _keys(text) - _keys(default)
             out += [f"  {line}" for line in text.splitlines() if line[:1].isalpha() and line.split(":")[0] in new]
         out.append("")
+    out += _searchpath_options()
     return "\n".join(out).replace("$", "$$")  # Hydra fills the template with string.Template: $ is its sign
+
+
+def searchpath_dirs() -> list[Path]:
+    """The directories of hydra.searchpath (`file://DIR` entries; `pkg://` ones are packages) in the run
+    being composed: where a user keeps YAML files of their own."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    entries = HydraConfig.get().searchpath or []
+    return [Path(str(e)[len("file://") :]) for e in entries if str(e).startswith("file://")]
+
+
+def _searchpath_options() -> list[str]:
+    """Each option found in a hydra.searchpath directory, in full: Hydra's own group listing leaves them out."""
+    out = []
+    for root in searchpath_dirs():
+        for path in sorted(root.glob("*/*.yaml")):
+            text = path.read_text(encoding="utf-8")
+            title = _title(text)
+            out.append(f"{path.parent.name}={path.stem} (hydra.searchpath: {path}){': ' * bool(title)}{title}")
+            out += [f"  {line}" for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return [*out, ""] if out else []

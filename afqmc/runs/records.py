@@ -177,7 +177,9 @@ def resume_argv(argv: list[str]) -> list[str]:
                 f"hydra.sweep.dir={sweep_dir}: no sweep jobs to resume there (job directories hold "
                 f"{OVERRIDES}); give the sweep's arguments to start it"
             )
-        return [*argv, "hydra/sweeper=afqmc_resume"]
+        jobs = recorded_jobs(sweep_dir)
+        searchpath = [] if "hydra.searchpath" in given else recorded_searchpath(jobs[0][0])  # the sweep's
+        return [*argv, *searchpath, "hydra/sweeper=afqmc_resume"]
     if "hydra.run.dir" not in given:
         return argv
     run_dir = Path(str(given["hydra.run.dir"].value()))
@@ -186,11 +188,31 @@ def resume_argv(argv: list[str]) -> list[str]:
         _refuse_unrecorded(run_dir)
         return argv  # nothing recorded, nothing run: a fresh start (trainer.resume=true starts from scratch)
     run_py, *args = argv
+    recorded = read_overrides(record) + ([] if "hydra.searchpath" in given else recorded_searchpath(run_dir))
     return [
         run_py,
-        *merge_overrides(read_overrides(record), [a for a in args if "=" in a and not a.startswith("-")]),
+        *merge_overrides(recorded, [a for a in args if "=" in a and not a.startswith("-")]),
         *[a for a in args if not ("=" in a and not a.startswith("-"))],
     ]
+
+
+def recorded_searchpath(run_dir: Path) -> list[str]:
+    """The run's hydra.searchpath as an override (`hydra.searchpath=['file:///home/me/conf']`), or none: Hydra
+    records it in .hydra/hydra.yaml, not among the overrides, and without it a resume cannot find a config
+    group option of the user's own (dataset=mine). A relative `file://` path is made absolute from the
+    directory the run was started in."""
+    try:
+        hydra = OmegaConf.load(run_dir / RECORD / "hydra.yaml").hydra
+        entries = OmegaConf.to_container(hydra.searchpath) or []
+        cwd = Path(str(hydra.runtime.cwd))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException):
+        return []  # no record of it (a run from afqmc.train in Python): none to give
+    if not entries:
+        return []
+    relative = [e.startswith("file://") and not e[len("file://") :].startswith("/") for e in entries]
+    absolute = [f"file://{cwd / e[len('file://') :]}" if rel else e for e, rel in zip(entries, relative)]
+    quoted = ",".join("'" + e.replace("\\", "\\\\").replace("'", "\\'") + "'" for e in absolute)
+    return [f"hydra.searchpath=[{quoted}]"]
 
 
 def recorded_jobs(sweep_dir: Path) -> list[tuple[Path, list[str]]]:
