@@ -17,7 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from afqmc.config.identity import config_snapshot
 from afqmc.errors import AfqmcError, ConfigError, ModelLoadError
@@ -68,6 +70,12 @@ def evaluate_run(run_dir: Path, which: str = "best", split: str = "dev", overrid
     run_dir = Path(run_dir)
     cfg = compose_run(run_dir, list(overrides))
     changed = changed_keys(compose_run(run_dir, []), cfg)
+    model_keys = [k for k in changed if k.startswith("model.")]
+    if model_keys:  # the checkpoint is the model: a model key given would be recorded, not applied
+        raise ConfigError(
+            f"{model_keys[0]}={changed[model_keys[0]]['now']!r}: afqmc.evaluate scores the run's checkpoint as it "
+            "was trained; model.* cannot be changed (train a run with it instead)"
+        )
     path = run_dir / CHECKPOINTS[which]
     recover(path)  # put back a copy a kill left aside mid-swap
     if not any((path / name).is_file() for name in (MANIFEST, "config.json")):  # (config.json: written before it)
@@ -105,6 +113,16 @@ def _free(path: Path) -> Path:
     return free
 
 
+def _one_line(e: Exception, run_dir: Path) -> str:
+    from afqmc.config.schema import startup_error
+
+    if isinstance(e, UnicodeDecodeError):
+        return f"ConfigError: {run_dir / CONFIG}: not UTF-8 text ({e.reason} at byte {e.start})"
+    if isinstance(e, OSError) and e.filename:
+        return f"{type(e).__name__}: {e.filename}: {e.strerror or e}"
+    return startup_error(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m afqmc.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -119,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         out = evaluate_run(args.run, args.checkpoint, args.split, args.overrides)
     except AfqmcError as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)  # one line, as run.py: the message says what to fix
+        return 1
+    except (OSError, UnicodeDecodeError, OmegaConfBaseException, yaml.YAMLError) as e:
+        print(_one_line(e, args.run), file=sys.stderr)  # a record that cannot be read, a directory not written
         return 1
     print(f"written {out}")
     return 0

@@ -24,10 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from afqmc.config.plugins import load_plugins
 from afqmc.data.reading import FORMATS, has_labels, read_examples
-from afqmc.errors import AfqmcError
+from afqmc.errors import AfqmcError, CheckpointError, ConfigError, DataError
 from afqmc.files import write_text
 from afqmc.runs.card import load_run_config
-from afqmc.training.checkpoint import label_names, load_model, load_tokenizer
+from afqmc.training.checkpoint import BEST, MANIFEST, label_names, load_model, load_tokenizer
 from afqmc.training.evaluator import Evaluator
 from afqmc.training.metrics import scores
 
@@ -40,9 +40,22 @@ AFQMC_DATASET = {
 SHOW_FROM = 10  # batches: progress is shown for files at least this long
 
 
+def checkpoint_dir(given: str | Path) -> Path:
+    """The checkpoint a path names: a checkpoint directory, or a run directory's checkpoints/best."""
+    path = Path(given)
+    if not (path / MANIFEST).is_file() and (path / BEST / MANIFEST).is_file():
+        return path / BEST  # a run directory
+    if not path.is_dir():
+        raise CheckpointError(
+            f"{path}: {'not a directory' if path.exists() else 'missing'}; expected a checkpoint directory "
+            "(a run's checkpoints/best), or a run directory holding one"
+        )
+    return path
+
+
 class Predictor:
     def __init__(self, checkpoint: str | Path, max_length: int | None = None, device: str | None = None):
-        path = Path(checkpoint)
+        path = checkpoint_dir(checkpoint)
         run = load_run_config(path)
         load_plugins((run.get("plugins") if run is not None else None) or [])  # the modules that registered its model
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -51,11 +64,28 @@ class Predictor:
         self.tokenizer = load_tokenizer(path, self.model)
         self.dataset = run.dataset if run is not None else OmegaConf.create(AFQMC_DATASET)  # the run's settings
         self.max_length = max_length or self.dataset.max_length
+        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        if isinstance(limit, int) and self.max_length > limit:  # past it: an index error in a long batch
+            raise ConfigError(
+                f"--max-length {self.max_length} is invalid; expected at most {limit}, the model's positions"
+            )
+        # sentences per example: a pair model's, or one for a single-sentence model (None: a dataset of its own)
+        columns = self.dataset.get("columns")
+        self.texts_per_example = None if columns is None else 1 if columns.get("text_b") is None else 2
         self.evaluator = Evaluator(self.model, self.device)
+
+    def check_texts(self, texts: list[tuple[str, ...]]) -> None:
+        """A pair model given one sentence (or a single-sentence model two) would answer, and wrongly."""
+        wanted = self.texts_per_example
+        given = {len(t) for t in texts}
+        if wanted is not None and given - {wanted}:
+            kind = "a sentence-pair model: give two sentences" if wanted == 2 else "a single-sentence model: give one"
+            raise ConfigError(f"{len(next(t for t in texts if len(t) != wanted))} sentence(s) given to {kind}")
 
     def logits(self, texts: list[tuple[str, ...]], batch_size: int = 64, show: bool = False) -> torch.Tensor:
         """The model's logits for each pair (or 1-tuple of a single-sentence model), in order. Texts of
         similar length are batched together: little padding, so a large file goes several times faster."""
+        self.check_texts(texts)
         order = sorted(range(len(texts)), key=lambda i: -sum(map(len, texts[i])))
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         show = show and len(batches) >= SHOW_FROM  # a few batches are done before a bar would say anything
@@ -100,6 +130,8 @@ def predict_file(predictor: Predictor, args) -> dict | None:
         raise OSError(f"{path}: no such file")
     labeled = has_labels(path, cfg)
     examples = list(read_examples(path, cfg, labeled=labeled))
+    if not examples:
+        raise DataError(f"{path}: no examples (the file is empty or blank); expected one example a line")
     texts = [(e["text_a"],) if e["text_b"] is None else (e["text_a"], e["text_b"]) for e in examples]
     logits = predictor.logits(texts, args.batch_size, show=True)
     p, idx = logits.softmax(-1).max(-1)
@@ -116,11 +148,22 @@ def predict_file(predictor: Predictor, args) -> dict | None:
     return scores(logits, torch.tensor([e["label"] for e in examples]))
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (a batch of -1 answered from uninitialised memory)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid; expected an integer >= 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m afqmc.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("checkpoint", help="a checkpoints/best directory of a run")
+    ap.add_argument("checkpoint", help="a checkpoints/best directory of a run, or the run directory")
     ap.add_argument("pair", nargs="*", help="sentence1 sentence2, or one sentence for a single-sentence model")
     ap.add_argument("--file", help="a file of pairs to classify (JSON lines, CSV or TSV)")
     ap.add_argument("--output", help="where --file's predictions go (default: standard output)")
@@ -128,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     for column in ("text_a", "text_b", "label", "id"):
         ap.add_argument(f"--{column.replace('_', '-')}", help=f"--file's {column} column (default: the run's)")
     ap.add_argument("--single", action="store_true", help="--file has one text per line (--text-a)")
-    ap.add_argument("--max-length", type=int, help="tokens per pair (default: the run's dataset.max_length)")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-length", type=positive, help="tokens per pair (default: the run's dataset.max_length)")
+    ap.add_argument("--batch-size", type=positive, default=64)
     args = ap.parse_args(argv)
     if bool(args.file) == bool(args.pair) or len(args.pair) > 2:
         ap.error("give either one or two sentences, or --file FILE")

@@ -201,3 +201,70 @@ def test_a_corrupt_afqmc_checkpoint_as_model_checkpoint_is_refused(completed, tm
     cfg = compose_cfg([*TINY, f"model.checkpoint={best}"])
     with pytest.raises(CheckpointError, match="model.safetensors: its content differs"):
         afqmc.train(cfg, tmp_path / "run")
+
+
+# ---------------------------------------------------------------- 6, 12, 19: afqmc.predict's inputs
+def test_predict_refuses_what_it_would_answer_wrongly(completed, tmp_path, capsys):
+    from afqmc import predict
+
+    best = str(completed / "checkpoints" / "best")
+    for flag, value in (("--batch-size", "-1"), ("--batch-size", "0"), ("--max-length", "-3")):
+        with pytest.raises(SystemExit) as exit_:
+            predict.main([best, "借呗", "花呗", flag, value])
+        assert exit_.value.code == 2 and f"{value!r} is invalid; expected an integer >= 1" in capsys.readouterr().err
+    for args, needle in (
+        ([best, "借呗怎么还款"], "1 sentence(s) given to a sentence-pair model: give two sentences"),
+        ([best, "借呗", "花呗", "--max-length", "100000"], "--max-length 100000 is invalid; expected at most"),
+        ([str(tmp_path / "nope"), "借呗", "花呗"], "missing; expected a checkpoint directory"),
+    ):
+        assert predict.main(args) == 1
+        err = capsys.readouterr().err
+        assert needle in err and "trainer.overwrite" not in err and len(err.strip().splitlines()) == 1, err
+    for text in ("", "\n  \n"):
+        (tmp_path / "in.json").write_text(text)
+        assert predict.main([best, "--file", str(tmp_path / "in.json")]) == 1
+        assert "no examples (the file is empty or blank)" in capsys.readouterr().err
+    predictor = predict.Predictor(completed)  # a run directory: its checkpoints/best
+    predictor.texts_per_example = 1  # as a single-sentence model's
+    with pytest.raises(predict.ConfigError, match="2 sentence.s. given to a single-sentence model: give one"):
+        predictor([("借呗", "花呗")])
+    assert predict.main([str(completed), "借呗", "花呗"]) == 0
+    assert capsys.readouterr().out.startswith("label ")
+
+
+# ---------------------------------------------------------------- 6, 13: afqmc.evaluate
+def test_evaluate_refuses_model_overrides_and_says_in_one_line_what_it_cannot_read(copied, capsys):
+    from afqmc import evaluate
+
+    def fails(*args, needle):
+        assert evaluate.main([str(copied), *args]) == 1
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+    fails("model.pooling=mean", needle="model.pooling='mean': afqmc.evaluate scores the run's checkpoint")
+    fails("dataset.root=${nope}", needle="ConfigError: ")
+    (copied / "eval").write_text("")  # the directory it writes into cannot be made
+    fails(needle=str(copied / "eval"))
+    assert not any(copied.glob("eval/*"))
+    config = copied / runs.CONFIG
+    config.write_bytes(config.read_bytes().replace(b"0.002", "０.００２".encode("gbk")))
+    fails(needle="not UTF-8")
+
+
+# ---------------------------------------------------------------- 6, 19: data that read silently wrong
+def test_a_sentence_of_control_characters_and_a_file_of_cr_line_endings_are_one_line(tmp_path):
+    from afqmc.data.reading import read_examples
+    from afqmc.errors import DataError
+
+    tsv = ["dataset.format=tsv", "dataset.columns.text_a=a", "dataset.columns.text_b=b", "dataset.columns.label=label"]
+    cases = (
+        ([], '{"sentence1": "\\u0000\\u0000", "sentence2": "借呗", "label": "1"}\n', ":1: field 'sentence1' has only"),
+        (tsv, "a\tb\tlabel\n借呗\t\x00\x00\t1\n", ":2: field 'b' has only control characters"),
+        (tsv, "a\tb\tlabel\r借呗\t花呗\t1\r信用卡\t逾期\t0\r", ":1: a carriage return (\\r) before the line's end"),
+    )
+    for overrides, text, needle in cases:
+        (tmp_path / "train").write_text(text, encoding="utf-8", newline="")
+        cfg = compose_cfg(overrides).dataset
+        with pytest.raises(DataError) as error:
+            list(read_examples(tmp_path / "train", cfg, labeled=True))
+        assert needle in str(error.value) and "信用卡" not in str(error.value)

@@ -13,6 +13,7 @@ import codecs
 import csv
 import json
 import logging
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import count
@@ -162,6 +163,16 @@ def _csv_rows(path: Path, lines, layout: Layout, needed: tuple) -> Iterator[tupl
             yield lineno, text
             continue
         if _blank(text):
+            continue
+        if width is None and "\r" in text.rstrip("\r\n"):  # else a file of CR endings is one line: its first
+            error = DataError(
+                f"{path}:{lineno}: a carriage return (\\r) before the line's end: the file's lines end in \\r alone "
+                "(old Mac line endings; expected LF or CRLF: convert with tr '\\r' '\\n'), or a sentence holds "
+                "a line break"
+            )
+            if at_header:
+                raise error
+            yield lineno, error
             continue
         try:
             cells = _cells(text, layout)
@@ -345,6 +356,9 @@ def _text(row: dict, field, where: str) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate from a JSON escape: the tokenizer cannot take it
         raise DataError(f"{where}: {_field_name(field)} has an unpaired surrogate (a bad \\u escape)") from None
+    if not any(not c.isspace() and unicodedata.category(c)[0] != "C" for c in text):
+        # NULs and other control characters: the tokenizer drops them, and would train on an empty sentence
+        raise DataError(f"{where}: {_field_name(field)} has only control characters ({text!r}): expected text")
     return text
 
 
