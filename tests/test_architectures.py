@@ -185,12 +185,10 @@ def test_each_architecture_trains_resumes_predicts_and_loads_in_transformers(
     card = (best / "README.md").read_text()
     assert config["architectures"][0] in card and str(checkpoint) in card
     dev = read_jsonl(data_dir / "dev.json")
-    predictor = Predictor(best)
-    ours = predictor.logits([(r["sentence1"], r["sentence2"]) for r in dev]).softmax(-1)
-    metrics = afqmc.training.metrics.scores(
-        predictor.logits([(r["sentence1"], r["sentence2"]) for r in dev]), torch.tensor([int(r["label"]) for r in dev])
-    )
+    logits = Predictor(best).logits([(r["sentence1"], r["sentence2"]) for r in dev])
+    metrics = afqmc.training.metrics.scores(logits, torch.tensor([int(r["label"]) for r in dev]))
     assert metrics == pytest.approx(result["dev"], abs=1e-6)  # re-scored: the run's own dev figures
+    ours = logits.softmax(-1)
     theirs = plain_transformers_probabilities(best, dev, 32, trust=False)
     assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
 
@@ -377,3 +375,28 @@ def test_fast_dropout_where_the_attention_takes_it_and_the_same_model(model_type
         before = model(**inputs).logits
         assert use_fast_dropout(model) == (model_type != "deberta-v2")
         assert torch.allclose(model(**inputs).logits, before, atol=1e-6)
+
+
+def test_an_afqmc_cls_or_mean_checkpoint_fine_tunes_further(checkpoints, data_dir, tmp_path):
+    """A run's mean-pooled RoBERTa (model type afqmc_encoder) as model.checkpoint: its encoder and head go on
+    training; its max_position_embeddings (inside) still bounds dataset.max_length; auto pooling is refused."""
+    first = tmp_path / "first"
+    afqmc.train(cfg_of(checkpoints["roberta"], data_dir, "model.pooling=mean", "trainer.max_steps=2"), first)
+    best = first / "checkpoints" / "best"
+    second = tmp_path / "second"
+    afqmc.train(cfg_of(best, data_dir, "model.pooling=mean", "trainer.max_steps=2", "dataset.splits.test=null"), second)
+    assert summary(second)["status"] == "completed"
+    assert (
+        json.loads((second / "checkpoints" / "best" / "config.json").read_text())["encoder"]["model_type"] == "roberta"
+    )
+    assert "expected an integer <= 64" in config_error(
+        cfg_of(best, data_dir, "model.pooling=mean", "dataset.max_length=100")
+    )
+    assert "allowed for it: cls, mean" in config_error(cfg_of(best, data_dir))
+
+
+def test_balanced_weights_count_a_streaming_split_in_one_pass():
+    from afqmc.training.trainer import label_counts
+
+    stream = iter([{"label": 0}, {"label": 1}, {"label": 0}])  # no .examples: read once, as a streaming split is
+    assert label_counts(stream, 3) == [2, 1, 0]

@@ -221,14 +221,18 @@ def tiny_qwen2(path):
     return path
 
 
-@pytest.mark.parametrize("build", [tiny_roberta, tiny_qwen2], ids=["roberta", "qwen2"])
-def test_a_model_that_is_not_bert_trains_in_bf16(build, tmp_path):
+@pytest.mark.parametrize(
+    "build,pooling",
+    [(tiny_roberta, "mean"), (tiny_qwen2, "mean"), (tiny_qwen2, "auto")],
+    ids=["roberta-mean", "qwen2-mean", "qwen2-auto"],
+)
+def test_a_model_that_is_not_bert_trains_in_bf16(build, pooling, tmp_path):
     checkpoint = build(tmp_path / "model")
     s = train(
         tmp_path / "run",
         f"model.checkpoint={checkpoint}",
         "model.pretrained=true",
-        "model.pooling=mean",  # neither has BERT's pooler
+        f"model.pooling={pooling}",  # mean: afqmc's head over the encoder; auto: Qwen2's own, its last real token
         "trainer.precision=bf16",
         "trainer.epochs=2",
     )

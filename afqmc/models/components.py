@@ -131,8 +131,10 @@ def _loading(checkpoint: str):
 
 
 def max_positions(cfg) -> int | None:
-    """max_position_embeddings of model.checkpoint, before any weights load (None when its config has none)."""
-    limit = checkpoint_config(cfg).get("max_position_embeddings")
+    """max_position_embeddings of model.checkpoint, before any weights load (None when its config has none);
+    of the encoder inside afqmc's cls/mean classifier (model type afqmc_encoder)."""
+    config = checkpoint_config(cfg)
+    limit = {**config, **(config.get("encoder") or {})}.get("max_position_embeddings")
     return limit if isinstance(limit, int) else None
 
 
