@@ -23,6 +23,9 @@ from afqmc.runs.records import read_summary
 SUFFIX = "_predict.json"
 # CLUE's submission names of the classification tasks this framework reads (CLUE 1.1, and 1.0's TNEWS test set)
 CLUE_TASKS = ("afqmc", "tnews11", "tnews10", "iflytek", "ocnli_50k", "cmnli")
+# The lines of CLUE's test files, where checked (AFQMC's is the file of its checksum in conf/dataset/afqmc.yaml;
+# TNEWS' 1.1 and 1.0 test sets hold 10,000 each): a submission of another length cannot be scored.
+CLUE_TEST_LINES = {"afqmc": 3861, "tnews11": 10000, "tnews10": 10000}
 
 
 def run_predictions(run: Path) -> tuple[str, Path, int]:
@@ -54,7 +57,18 @@ def run_predictions(run: Path) -> tuple[str, Path, int]:
     task = files[0].name[: -len(SUFFIX)]
     if task not in CLUE_TASKS:
         raise SubmissionError(f"{files[0]}: {task!r} is not a CLUE task's name; CLUE's: {', '.join(CLUE_TASKS)}")
-    return task, files[0], _count_predictions(files[0])
+    lines = _count_predictions(files[0])
+    expected = summary.get("predictions_lines")
+    if expected is not None and lines != expected:
+        raise SubmissionError(
+            f"{files[0]}: {lines} predictions, but the run predicted {expected} test lines: the file was cut or changed"
+        )
+    if task in CLUE_TEST_LINES and lines != CLUE_TEST_LINES[task]:
+        raise SubmissionError(
+            f"{files[0]}: {lines} predictions, but CLUE's {task} test set has {CLUE_TEST_LINES[task]:,} lines: "
+            "predict CLUE's own test file (a smoke run or another corpus is no submission)"
+        )
+    return task, files[0], lines
 
 
 def _count_predictions(path: Path) -> int:

@@ -268,3 +268,23 @@ def test_a_sentence_of_control_characters_and_a_file_of_cr_line_endings_are_one_
         with pytest.raises(DataError) as error:
             list(read_examples(tmp_path / "train", cfg, labeled=True))
         assert needle in str(error.value) and "信用卡" not in str(error.value)
+
+
+# ---------------------------------------------------------------- 6: a submission CLUE could not score
+def test_clue_submission_checks_the_count_of_predictions(tmp_path, capsys):
+    """A predictions file cut short, and a smoke run's predictions as AFQMC's: refused, nothing written."""
+    from afqmc.clue_submission import main as clue_submission
+    from afqmc.files import write_json
+
+    run = tmp_path / "run"
+    lines = "".join(f'{{"id": {i}, "label": "0"}}\n' for i in range(50))
+    runs.write_text(run / "predictions" / "afqmc_predict.json", lines)
+    summary = {"status": "completed", "best": {"value": 0.5}, "predictions_lines": 50}
+    write_json(run / "summary.json", summary)
+    out = tmp_path / "clue.zip"
+    assert clue_submission([str(run), "--out", str(out)]) == 1
+    assert "50 predictions, but CLUE's afqmc test set has 3,861 lines" in capsys.readouterr().err
+    runs.write_text(run / "predictions" / "afqmc_predict.json", "".join(lines.splitlines(True)[:10]))
+    assert clue_submission([str(run), "--out", str(out)]) == 1
+    assert "10 predictions, but the run predicted 50 test lines" in capsys.readouterr().err
+    assert not out.exists()

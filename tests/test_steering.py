@@ -37,7 +37,7 @@ def evals(out):
 
 def report_md(out, *overrides):
     """The report of one run directory (run.py's Hydra would have written its overrides)."""
-    (out / ".hydra").mkdir()
+    (out / ".hydra").mkdir(exist_ok=True)  # (afqmc.train wrote its record, with no overrides: in Python)
     (out / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     write_report(out)
     return (out / "report.md").read_text()

@@ -649,6 +649,7 @@ class Trainer:
             "predictions": str(predictions.resolve()) if predictions else None,
             # dataset.max_test_samples: the first N test lines only, no submission (afqmc.clue_submission)
             "predictions_partial": bool(predictions and self.cfg.dataset.get("max_test_samples")),
+            "predictions_lines": self.test_set.count() if predictions else None,  # checked by afqmc.clue_submission
             "data": {
                 counter: {split: getattr(ds, counter) for split, ds in splits.items() if ds is not None}
                 for counter in ("skipped_lines", "no_gold_label")
