@@ -144,3 +144,137 @@ def test_help_lists_the_options_of_a_users_config_directory(user_conf):
     )
     assert f"dataset=mine (hydra.searchpath: {user_conf / 'dataset' / 'mine.yaml'})" in proc.stdout, proc.stdout
     assert "  label_map: {neg: 0, pos: 1}" in proc.stdout
+
+
+# ---------------------------------------------------------------- parquet and `datasets` (dataset.format=parquet|hf)
+PAIRS = [
+    ("借呗怎么还款", "如何还借呗", 1),
+    ("花呗额度", "余额宝收益", 0),
+    ("信用卡逾期", "信用卡晚还", 1),
+    ("支付宝开通", "网商贷关闭", 0),
+]
+
+
+def write_parquet(path, rows, label_names=("0", "1")):
+    """A parquet file as `datasets` writes one: the label an integer column, its names in the schema's metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    features = {"label": {"names": list(label_names), "_type": "ClassLabel"}}
+    table = pa.Table.from_pylist(rows).replace_schema_metadata(
+        {"huggingface": json.dumps({"info": {"features": features}})}
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+def pair_rows(n, ids=False):
+    return [
+        {"sentence1": a, "sentence2": b, "label": y, **({"id": 100 + i} if ids else {})}
+        for i, (a, b, y) in enumerate((PAIRS * n)[:n])
+    ]
+
+
+def parquet_cfg(root, *overrides):
+    return compose_cfg(
+        ["experiment=smoke", "dataset.format=parquet", f"dataset.root={root}", "dataset.splits.train=train.parquet"]
+        + ["dataset.splits.dev=dev.parquet", "dataset.splits.test=test.parquet", "trainer.epochs=1", *overrides]
+    )
+
+
+def test_a_parquet_corpus_trains_predicts_and_is_fingerprinted(tmp_path):
+    from afqmc.data.components import build_dataset
+
+    write_parquet(tmp_path / "d" / "train.parquet", pair_rows(16))
+    write_parquet(tmp_path / "d" / "dev.parquet", pair_rows(4))
+    write_parquet(
+        tmp_path / "d" / "test.parquet", [{k: v for k, v in r.items() if k != "label"} for r in pair_rows(6, 1)]
+    )
+    cfg = parquet_cfg(tmp_path / "d")
+    afqmc.train(cfg, tmp_path / "run")
+    predictions = (tmp_path / "run" / "predictions" / "afqmc_predict.json").read_text().splitlines()
+    assert [json.loads(p)["id"] for p in predictions] == list(range(100, 106))
+    before = build_dataset(cfg.dataset, "dev").fingerprint()
+    write_parquet(tmp_path / "d" / "dev.parquet", pair_rows(4)[::-1])  # the same rows, another order
+    assert build_dataset(cfg.dataset, "dev").fingerprint()["sha256"] != before["sha256"]
+
+
+def test_parquet_rows_stream_in_batches_and_a_bad_row_is_named_by_file_and_row(tmp_path, monkeypatch):
+    from afqmc.data import tables
+    from afqmc.data.components import build_dataset
+    from afqmc.errors import DataError
+
+    monkeypatch.setattr(tables, "BATCH_ROWS", 2)  # five rows in three batches
+    rows = pair_rows(5)
+    rows[4]["sentence2"] = None
+    path = write_parquet(tmp_path / "train.parquet", rows)
+    cfg = parquet_cfg(tmp_path, "dataset.streaming=true").dataset
+    with pytest.raises(DataError, match=rf"^{path}:row 5: missing field 'sentence2'"):
+        build_dataset(cfg, "train").count()
+    skipping = build_dataset(
+        parquet_cfg(tmp_path, "dataset.on_bad_line=skip", "dataset.streaming=true").dataset, "train"
+    )
+    assert skipping.count() == 4 and skipping.skipped_lines == 1
+    assert [e["text_a"] for e in skipping] == [r["sentence1"] for r in rows[:4]]
+    write_parquet(tmp_path / "train.parquet", pair_rows(3), label_names=("no", "yes"))  # names: not in label_map
+    with pytest.raises(DataError, match=r"train.parquet:row 1: label 'yes' is not in dataset.label_map"):
+        build_dataset(cfg, "train").count()
+    (tmp_path / "train.parquet").write_text("sentence1,sentence2,label\n")
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'train.parquet'}: not a parquet file"):
+        build_dataset(cfg, "train")
+
+
+def test_a_datasets_folder_maps_its_class_label_names_and_is_fingerprinted(tmp_path):
+    datasets = pytest.importorskip("datasets")  # the optional extra .[hf], which the test extras install
+    from afqmc.data.components import build_dataset
+
+    features = datasets.Features(
+        {
+            "q1": datasets.Value("string"),
+            "q2": datasets.Value("string"),
+            "same": datasets.ClassLabel(names=["no", "yes"]),
+        }
+    )
+    rows = {"q1": [r[0] for r in PAIRS], "q2": [r[1] for r in PAIRS], "same": [r[2] for r in PAIRS]}
+    data = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict(train=data, validation=data.select([0, 1])).save_to_disk(str(tmp_path / "hf"))
+    overrides = ["dataset.format=hf", f"dataset.root={tmp_path / 'hf'}", "dataset.splits.dev=validation"]
+    overrides += ["dataset.splits.train=train", "dataset.splits.test=null", "dataset.columns.text_a=q1"]
+    overrides += ["dataset.columns.text_b=q2", "dataset.columns.label=same", "~dataset.label_map"]
+    cfg = compose_cfg(["experiment=smoke", *overrides, "+dataset.label_map={no: 0, yes: 1}", "trainer.epochs=1"])
+    afqmc.train(cfg, tmp_path / "run")
+    assert summary(tmp_path / "run")["status"] == "completed"
+    dev = build_dataset(cfg.dataset, "dev")
+    assert [(e["text_a"], e["label"]) for e in dev.examples] == [(PAIRS[0][0], 1), (PAIRS[1][0], 0)]
+    assert dev.fingerprint()["file"] == f"{tmp_path / 'hf'}[validation]" and len(dev.fingerprint()["sha256"]) == 64
+    from afqmc.errors import DataError
+
+    cfg.dataset.splits.dev = "dev"
+    with pytest.raises(DataError, match=r"no split folder 'dev' \(splits: train, validation\)"):
+        build_dataset(cfg.dataset, "dev")
+
+
+def test_a_hub_dataset_offline_and_not_cached_is_one_clear_line(monkeypatch):
+    pytest.importorskip("datasets")
+    from huggingface_hub import constants
+
+    from afqmc.data.components import build_dataset
+    from afqmc.errors import DataError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cfg = compose_cfg(["dataset.format=hf", "dataset.root=someone/not-cached", "dataset.splits.train=train"]).dataset
+    with pytest.raises(DataError, match="not in the datasets cache, and the Hub cannot be reached"):
+        build_dataset(cfg, "train")
+
+
+def test_format_hf_without_the_datasets_package_says_what_to_install(monkeypatch, tmp_path):
+    import sys
+
+    from afqmc.data.components import build_dataset
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets raises ImportError
+    (tmp_path / "train").mkdir()
+    cfg = compose_cfg(["dataset.format=hf", f"dataset.root={tmp_path}", "dataset.splits.train=train"]).dataset
+    with pytest.raises(ConfigError, match=r"dataset.format=hf needs the datasets package.*pip install -e '.\[hf\]'"):
+        build_dataset(cfg, "train")

@@ -15,12 +15,16 @@ from afqmc.config.registry import COLLATORS, DATASETS
 from afqmc.config.schema import Key
 from afqmc.data.download import ensure_downloaded
 from afqmc.data.reading import FORMATS, QUOTINGS, SkippedLines, read_examples
+from afqmc.data.tables import HubSplit
 from afqmc.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 
-def split_path(cfg, split: str) -> Path:
+def split_path(cfg, split: str) -> Path | HubSplit:
+    """Where a split is: its file, or with dataset.format=hf a `datasets` split (afqmc/data/tables.py)."""
+    if cfg.format == "hf":
+        return HubSplit(str(cfg.root), cfg.splits[split], cfg.get("subset"))
     return Path(cfg.root) / cfg.splits[split]
 
 
@@ -60,6 +64,7 @@ DATASET_KEYS = {
     ),
     "root": Key(str),
     "format": Key(str, choices=tuple(FORMATS)),
+    "subset": Key(str, null=True),  # format hf, a Hub dataset: its configuration
     "header": Key(bool),
     "quoting": Key(str, null=True, choices=QUOTINGS),
     "splits": Key(dict, keys={"train": Key(str), "dev": Key(str, null=True), "test": Key(str, null=True)}),
@@ -103,12 +108,17 @@ DATASET_KEYS = {
 }
 
 
+COLUMN_ORDER = ["text_a", "text_b", "label", "id"]
+NAMED_BY = {"jsonl": "JSON lines", "parquet": "parquet files", "hf": "datasets splits"}  # formats that name columns
+
+
 def check_dataset(cfg) -> None:
     """What the keys cannot say one by one: columns are names or positions as dataset.header says,
     no two the same, and a label is either a class or no gold label, not both."""
     d = cfg.dataset
-    columns = {k: v for k, v in OmegaConf.to_container(d.columns).items() if v is not None}
-    positions = d.format != "jsonl" and not d.header
+    given = OmegaConf.to_container(d.columns)  # (in reading order: conf/dataset_defaults/ puts id first)
+    columns = {k: given[k] for k in sorted(given, key=COLUMN_ORDER.index) if given[k] is not None}
+    positions = d.format in ("csv", "tsv") and not d.header
     for key, value in columns.items():
         if positions and not isinstance(value, int):
             raise ConfigError(
@@ -116,8 +126,9 @@ def check_dataset(cfg) -> None:
                 "0-based positions: expected an integer >= 0"
             )
         if not positions and not isinstance(value, str):
-            why = "JSON lines name their fields" if d.format == "jsonl" else "dataset.header=true names the columns"
-            hint = "" if d.format == "jsonl" else " (a position needs dataset.header=false)"
+            text = d.format in ("csv", "tsv")
+            why = "dataset.header=true names the columns" if text else f"{NAMED_BY[d.format]} name their fields"
+            hint = " (a position needs dataset.header=false)" if text else ""
             raise ConfigError(f"dataset.columns.{key}={value} is invalid; {why}: expected a name{hint}")
     seen = {}
     for key, value in columns.items():
@@ -141,8 +152,9 @@ def build_dataset(cfg, split: str, labeled: bool | None = None):
     """
     from afqmc.data.datasets import PairDataset, StreamingPairDataset
 
-    ensure_downloaded(cfg, split)
     path = split_path(cfg, split)
+    if not isinstance(path, HubSplit):  # (a datasets split comes through datasets' own cache)
+        ensure_downloaded(cfg, split)
     if not path.is_file():
         raise DataError(f"{path}: split file {split!r} not found (dataset.root={cfg.root}, dataset.splits.{split})")
     limit = {"train": cfg.max_train_samples, "dev": cfg.max_eval_samples, "test": cfg.max_test_samples}.get(split)

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from afqmc.data.reading import SkippedLines, read_examples
-from afqmc.files import sha256
+from afqmc.data.tables import source_sha256
 
 # (the texts, the tokenizer, max_length) -> token ids: a sweep's jobs, which Hydra runs one after another in
 # one process, tokenize each split once. Keyed by the texts themselves, not by the file they came from: the
@@ -53,7 +53,7 @@ class SplitFile:
     path: Path
 
     def fingerprint(self) -> dict:
-        return {"file": str(self.path), "examples": self.count(), "sha256": sha256(self.path)}
+        return {"file": str(self.path), "examples": self.count(), "sha256": source_sha256(self.path)}
 
 
 class PairDataset(SplitFile, Dataset):

@@ -22,10 +22,11 @@ from types import SimpleNamespace
 
 from omegaconf import OmegaConf
 
+from afqmc.data.tables import TABLE_FORMATS, table_rows
 from afqmc.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-FORMATS = {"jsonl": None, "csv": ",", "tsv": "\t"}  # format -> delimiter
+FORMATS = {"jsonl": None, "csv": ",", "tsv": "\t", "parquet": None, "hf": None}  # format -> delimiter (text formats)
 QUOTINGS = ("none", "csv")  # dataset.quoting; null: csv for CSV, none for TSV
 MAX_LINE_BYTES = 1 << 20  # for configs without dataset.max_line_bytes (afqmc.predict's)
 
@@ -98,6 +99,9 @@ def _rows(path: Path, layout: Layout, needed: tuple = ()) -> Iterator[tuple[int,
     caller decides whether it stops the run (dataset.on_bad_line). `needed`: the columns a CSV/TSV must
     have (names, or positions with header=false). Every line is one record or one error, never part of
     another: rows + bad lines + blank lines (+ the header) = the lines of the file."""
+    if layout.fmt in TABLE_FORMATS:  # parquet, datasets: rows, numbered from 1 (afqmc/data/tables.py)
+        yield from table_rows(path, needed, layout.fmt)
+        return
     lines = _lines(path, layout.max_bytes)
     if FORMATS[layout.fmt]:
         yield from _csv_rows(path, lines, layout, needed)
