@@ -11,7 +11,7 @@ import pytest
 
 from afqmc.runs import records as runs
 
-from .conftest import compose_cfg, run_py, summary
+from .conftest import compose_cfg, read_jsonl, run_py, summary
 
 # 4 optimizer steps, checkpoints/last after each
 TINY = [
@@ -288,3 +288,65 @@ def test_clue_submission_checks_the_count_of_predictions(tmp_path, capsys):
     assert clue_submission([str(run), "--out", str(out)]) == 1
     assert "10 predictions, but the run predicted 50 test lines" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- 7: trackers that cannot lose a run
+class Flaky:
+    """A tracker whose store breaks at step `fail_at` and whose end fails too."""
+
+    def __init__(self, cfg, run, run_id):
+        self.id, self.fail_at = None, cfg.fail_at
+
+    def log(self, values, step):
+        if step >= self.fail_at:
+            raise OSError(28, "No space left on device", "flaky/events")
+
+    def flush(self):
+        pass
+
+    def end(self, summary, status):
+        raise RuntimeError("never reached: switched off at its first failure")
+
+
+def _register_flaky():
+    from afqmc.config.registry import LOGGERS
+
+    try:
+        LOGGERS.register("flaky")(Flaky)
+    except ValueError:  # registered by an earlier test in this process
+        pass
+
+
+def test_a_failing_tracker_is_reported_once_and_the_run_goes_on(tmp_path, caplog):
+    import afqmc
+
+    _register_flaky()
+    cfg = compose_cfg([*TINY, "+logger.flaky.fail_at=2"])
+    with caplog.at_level("WARNING", logger="afqmc.runs.trackers"):
+        afqmc.train(cfg, tmp_path / "run")
+    warnings = [r.getMessage() for r in caplog.records if r.name == "afqmc.runs.trackers"]
+    assert len(warnings) == 1 and "logger flaky failed while logging step 2" in warnings[0], warnings
+    assert "No space left on device" in warnings[0] and "switched off" in warnings[0]
+    assert summary(tmp_path / "run")["status"] == "completed"
+    assert [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["type"] == "train"] == [1, 2, 3, 4]
+
+
+def test_a_tracker_that_cannot_start_or_go_on_is_switched_off_in_seconds(tmp_path, caplog):
+    """An MLflow server that refuses connections (it retried for 260 s), and a resumed MLflow run that its
+    store no longer has: each reported once, and the run goes on without it."""
+    from types import SimpleNamespace
+
+    from afqmc.runs.trackers import start_trackers
+
+    cases = (
+        (["logger=mlflow", "logger.mlflow.tracking_uri=http://127.0.0.1:9"], None, "cannot connect"),
+        (["logger=mlflow", f"logger.mlflow.tracking_uri={tmp_path / 'mlruns'}"], "0" * 32, "going on with its run"),
+    )
+    for overrides, resumed, needle in cases:
+        caplog.clear()
+        state = SimpleNamespace(step=0, trackers={"mlflow": resumed} if resumed else {})
+        with caplog.at_level("WARNING", logger="afqmc.runs.trackers"):
+            trackers = start_trackers(compose_cfg([*TINY, *overrides]), tmp_path / "run", state)
+        assert trackers.trackers == {}
+        (warning,) = [r.getMessage() for r in caplog.records if r.name == "afqmc.runs.trackers"]
+        assert "logger mlflow failed while" in warning and needle in warning, warning

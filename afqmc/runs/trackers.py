@@ -15,6 +15,7 @@ import importlib.util
 import json
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,12 @@ class MLflow:
         from mlflow.tracking import MlflowClient
 
         uri = cfg.tracking_uri
+        # MLflow's client retries a request for minutes (260 s on a refused connection) and waits 120 s for an
+        # answer: a tracker that stalls the run that long is lost anyway. The user's settings win.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        if urlparse(uri).scheme in ("http", "https"):
+            _reachable(uri)
         if urlparse(uri).scheme in ("", "file"):
             # MLflow 3 refuses its file store unless allowed (it would have a database server); a directory
             # needs no server and suits runs on one machine or a shared disk.
@@ -176,6 +183,16 @@ class MLflow:
             self.log(_numbers(summary, "summary/"), summary["train"]["steps"])
             self.client.log_dict(self.id, summary, "summary.json")
         self.client.set_terminated(self.id, self.STATUS[status])
+
+
+def _reachable(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server's connection, checked in seconds at start rather than in minutes of retries."""
+    url = urlparse(uri)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"{uri}: cannot connect ({e.strerror or e})") from None
 
 
 @LOGGERS.register(
@@ -229,12 +246,23 @@ class WandB:
 # ---------------------------------------------------------------- what the trainer uses
 class Trackers(Callback):
     """The chosen trackers as one callback: each metrics.jsonl record goes to all of them, and their runs end
-    as the run does (completed, failed or interrupted). Used as a context manager while they start: one that
-    fails to start ends those started before it as failed."""
+    as the run does (completed, failed or interrupted). A tracker that fails (its store deleted, its directory
+    broken, its server gone) is reported once and switched off: the run and its files go on, and metrics.jsonl
+    keeps every record. Used as a context manager while they start: a Ctrl-C ends those started as interrupted."""
 
     def __init__(self, trackers: dict):
         self.trackers = trackers  # {option name: tracker}
         self.done = False
+
+    def _each(self, doing: str, call) -> None:
+        for name, tracker in list(self.trackers.items()):
+            try:
+                call(tracker)
+            except Exception as e:  # noqa: BLE001  (any failure of a tracker's package: the run must not die of it)
+                if isinstance(e, Interrupted):
+                    raise
+                del self.trackers[name]
+                switched_off(name, doing, e)
 
     def ids(self) -> dict:
         """Each tracker's run id, saved in checkpoints/last: a resumed run goes on in the same runs."""
@@ -246,8 +274,7 @@ class Trackers(Callback):
             return
         prefix = "train" if record["type"] == "train" else record.get("split", "dev")
         values = {f"{prefix}/{k}": float(v) for k, v in record.items() if k not in NOT_METRICS}
-        for tracker in self.trackers.values():
-            tracker.log(values, record["step"])
+        self._each(f"logging step {record['step']}", lambda tracker: tracker.log(values, record["step"]))
 
     def on_train_step(self, trainer, record: dict) -> None:
         self.log(record)
@@ -258,23 +285,17 @@ class Trackers(Callback):
     def on_save(self, trainer, which: str, path: Path) -> None:
         """At each save of checkpoints/last: what a resumed run will not log again is on disk."""
         if which == "last":
-            for tracker in self.trackers.values():
-                tracker.flush()
+            self._each("writing its files", lambda tracker: tracker.flush())
 
     def on_end(self, trainer, summary: dict) -> None:
         self.done = True
-        for tracker in self.trackers.values():
-            tracker.end(summary, "completed")
+        self._each("ending its run", lambda tracker: tracker.end(summary, "completed"))
 
     def on_stop(self, trainer, status: str) -> None:
         if self.done:
             return
         self.done = True
-        for name, tracker in self.trackers.items():
-            try:
-                tracker.end(None, status)
-            except Exception as e:  # noqa: BLE001  (the run's own error is the one to raise)
-                log.warning("logger %s could not end its run: %s: %s", name, type(e).__name__, e)
+        self._each(f"ending its run as {status}", lambda tracker: tracker.end(None, status))
 
     def __enter__(self) -> Trackers:
         return self
@@ -303,7 +324,25 @@ def start_trackers(cfg, out: Path, state) -> Trackers:
         overrides=overrides,
     )
     trackers = Trackers({})
-    with trackers:  # one that fails to start: those started before it end as failed
+    with trackers:  # a Ctrl-C while they start: those started end as interrupted
         for name, options in chosen.items():
-            trackers.trackers[name] = LOGGERS.get(name)(OmegaConf.create(options), run, state.trackers.get(name))
+            resumed = state.trackers.get(name)
+            try:
+                trackers.trackers[name] = LOGGERS.get(name)(OmegaConf.create(options), run, resumed)
+            except Exception as e:  # noqa: BLE001  (as any tracker failure: reported, and the run goes on)
+                if isinstance(e, Interrupted):
+                    raise
+                switched_off(name, f"going on with its run {resumed}" if resumed else "starting", e)
     return trackers
+
+
+def switched_off(name: str, doing: str, e: Exception) -> None:
+    """One warning for a tracker that failed: what it was doing, why, and that the run goes on without it."""
+    from afqmc.errors import error_line
+
+    log.warning(
+        "logger %s failed while %s (%s): switched off; the run goes on, and metrics.jsonl has every record",
+        name,
+        doing,
+        error_line(e),
+    )
