@@ -32,6 +32,7 @@ from transformers import set_seed
 from afqmc import files
 from afqmc.config.identity import config_snapshot
 from afqmc.config.registry import CALLBACKS, COLLATORS, DATASETS, MODELS, OPTIMIZERS, SCHEDULERS
+from afqmc.data.datasets import UNKNOWN_WARN, unknown_share
 from afqmc.data.sampling import TrainBatchSampler, sorted_batches, split_by_length
 from afqmc.errors import ConfigError, Interrupted, TrainingError
 from afqmc.runs.card import CheckpointInfo, run_overrides
@@ -198,6 +199,7 @@ class Trainer:
         for ds in (self.train_set, self.dev_set, self.test_set):
             if ds is not None:
                 ds.encode(self.tokenizer, dcfg.max_length)  # once per split, not once per batch and epoch
+        self._warn_unknown_tokens()
         rank, world = dist.rank(), dist.world_size()
         n_train = self.train_set.count()
         if self.train_set.streaming:  # file order, tokenized batch by batch
@@ -244,6 +246,19 @@ class Trainer:
         weights = torch.tensor([float(w) for w in want])
         log.info("class weights: %s", ", ".join(f"{c} {w:.4f}" for c, w in zip(self.label_names, weights.tolist())))
         return weights.to(self.device)
+
+    def _warn_unknown_tokens(self) -> None:
+        """A vocabulary that lacks most of a corpus' characters trains on [UNK]s, silently: said, with the rate."""
+        features = getattr(self.train_set, "features", None)  # (a streaming split is tokenized batch by batch)
+        share = unknown_share(features, self.tokenizer) if features else None
+        if share is not None and share > UNKNOWN_WARN and self.is_main:
+            log.warning(
+                "%.1f%% of the train split's tokens are %s: the tokenizer of model.checkpoint=%s lacks this corpus' "
+                "characters, and the model cannot tell them apart; use a checkpoint whose vocabulary covers them",
+                100 * share,
+                self.tokenizer.unk_token,
+                OmegaConf.select(self.cfg, "model.checkpoint"),
+            )
 
     def _loader_args(self) -> dict:
         """DataLoader arguments every split shares."""
@@ -372,6 +387,7 @@ class Trainer:
                         self.stop.signum or signal.SIGTERM,
                     )
                 if s.step >= self.total_steps or s.stopped_early:
+                    self._bar_done_early(bar)
                     break
                 if t.save_every_steps and s.step % t.save_every_steps == 0 and i + 1 < self.batches_per_epoch:
                     with self._not_training():
@@ -389,6 +405,15 @@ class Trainer:
             disable=not (sys.stderr.isatty() and self.is_main),
             dynamic_ncols=True,
         )
+
+    def _bar_done_early(self, bar: tqdm) -> None:
+        """An epoch that ends before its last batch (trainer.max_steps, early stopping) closes its bar as done,
+        saying why, not at 21% like a run that died."""
+        if bar.n < bar.total:
+            why = "early stopping" if self.state.stopped_early else f"trainer.max_steps={self.tcfg.max_steps}"
+            bar.set_description(f"{bar.desc}, done at {why}")
+            bar.total = bar.n
+            bar.refresh()
 
     def _epoch_batches(self, epoch: int, done: int):
         """The epoch's training batches past the first `done`, without their indices."""
@@ -473,7 +498,7 @@ class Trainer:
     def _share(self, piece: torch.Tensor, batch: torch.Tensor) -> float:
         """A piece's part of its batch's mean loss (split_by_length): its labels' weight over the batch's, so
         that the pieces' losses add up to the whole batch's."""
-        if self.class_weights is None:
+        if self.class_weights is None or len(piece) == len(batch):  # (the whole batch: no sync with the GPU)
             return len(piece) / len(batch)
         weight = self.class_weights.cpu()
         return (weight[piece.cpu()].sum() / weight[batch.cpu()].sum()).item()
