@@ -48,6 +48,8 @@ def test_a_corpus_yaml_of_six_keys_is_complete_and_its_label_map_replaces_the_de
     cfg = mine(user_conf, "experiment=smoke", "dataset.max_length=32", "trainer.epochs=1")
     afqmc.train(cfg, tmp_path / "run")
     assert "data: 16 train, 4 dev, 8 test examples" in caplog.text  # single sentences: no "pairs"
+    # the smoke vocabulary knows AFQMC-style questions, not this corpus' characters
+    assert "% of the train split's tokens are [UNK]: the tokenizer of model.checkpoint=" in caplog.text
     assert cfg.dataset.name == "sentence_pairs" and cfg.dataset.collate == "pair_tokenize"
     assert dict(cfg.dataset.label_map) == {"neg": 0, "pos": 1}  # not merged with the default "0"/"1"
     result = summary(tmp_path / "run")
@@ -80,6 +82,7 @@ def test_a_capped_test_split_predicts_its_first_lines_marked_partial_and_is_no_s
     assert len((tmp_path / "predictions" / "afqmc_predict.json").read_text().splitlines()) == 3
     assert summary(tmp_path)["predictions_partial"] is True
     assert "dataset.max_test_samples=3: predictions cover those test lines only" in caplog.text
+    assert "tokens are [UNK]" not in caplog.text  # the smoke data, in the smoke vocabulary
     with pytest.raises(SubmissionError, match="predictions are partial"):
         run_predictions(tmp_path)
 
@@ -277,4 +280,27 @@ def test_format_hf_without_the_datasets_package_says_what_to_install(monkeypatch
     (tmp_path / "train").mkdir()
     cfg = compose_cfg(["dataset.format=hf", f"dataset.root={tmp_path}", "dataset.splits.train=train"]).dataset
     with pytest.raises(ConfigError, match=r"dataset.format=hf needs the datasets package.*pip install -e '.\[hf\]'"):
+        build_dataset(cfg, "train")
+
+
+# ---------------------------------------------------------------- messages a newcomer met
+def test_the_bar_of_an_epoch_cut_by_max_steps_closes_as_done(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: the bar shows
+    afqmc.train(compose_cfg(["experiment=smoke", "trainer.max_steps=2", "trainer.epochs=3"]), tmp_path)
+    last = [line for line in capsys.readouterr().err.split("\r") if "epoch 1/3" in line][-1]
+    assert "epoch 1/3, done at trainer.max_steps=2: 100%" in last and " 2/2 " in last, last
+
+
+def test_header_false_on_a_file_with_a_header_says_line_1_looks_like_one(tmp_path):
+    from afqmc.data.components import build_dataset
+    from afqmc.errors import DataError
+
+    write_tsv(tmp_path / "train.tsv", [("借呗还款", "如何还借呗", "1")], header=("sentence1", "sentence2", "label"))
+    overrides = ["dataset.format=tsv", "dataset.header=false", f"dataset.root={tmp_path}", "dataset.columns.id=null"]
+    overrides += ["dataset.columns.text_a=0", "dataset.columns.text_b=1", "dataset.columns.label=2"]
+    cfg = compose_cfg(["experiment=smoke", *overrides, "dataset.splits.train=train.tsv"]).dataset
+    message = r"train.tsv:1: label 'label' is not in dataset.label_map .*; line 1 looks like a header"
+    with pytest.raises(DataError, match=message):
         build_dataset(cfg, "train")

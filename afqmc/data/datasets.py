@@ -41,6 +41,24 @@ def _tokenizer_key(tokenizer) -> tuple:
     return type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer), vocab, settings
 
 
+UNKNOWN_WARN = 0.03  # a larger share of [UNK] among a train split's tokens is warned of (the trainer)
+
+
+def unknown_share(features: list[dict], tokenizer) -> float | None:
+    """The share of the unknown token among a split's encoded tokens, special tokens left out (None: the
+    tokenizer has no unknown token, or the split no token)."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return None
+    special = set(tokenizer.all_special_ids) - {unk}
+    total = unknown = 0
+    for f in features:
+        ids = [t for t in f["input_ids"] if t not in special]
+        total += len(ids)
+        unknown += ids.count(unk)
+    return unknown / total if total else None
+
+
 def texts(examples: list[dict]) -> tuple[list[str], list[str] | None]:
     """The tokenizer's text and text_pair: no pair in a single-sentence task, whose text_b is None."""
     first = [e["text_a"] for e in examples]

@@ -310,8 +310,10 @@ def read_examples(path: Path, cfg, labeled: bool, skipped: SkippedLines | None =
             if example is not None:
                 example["id"], positional = _id(row, cols.id, n, where, check=not labeled)
         except DataError as e:
+            if n == 0 and _header_like(row, layout, label_map):
+                e = DataError(f"{e}; line {lineno} looks like a header: set dataset.header=true, columns by name")
             if not skip:
-                raise
+                raise e from None
             skipped.add(e)
             continue
         if example is None:
@@ -320,6 +322,14 @@ def read_examples(path: Path, cfg, labeled: bool, skipped: SkippedLines | None =
         if ids is not None:
             ids.add(example["id"], lineno, positional)
         yield example
+
+
+def _header_like(row, layout: Layout, label_map: dict) -> bool:
+    """dataset.header=false on a first row of names: no cell empty, a number or a label."""
+    if not (FORMATS[layout.fmt] and not layout.header and isinstance(row, dict)):
+        return False
+    cells = [str(c).strip() for c in row.values()]
+    return all(c and not c.replace(".", "", 1).isdigit() and c not in label_map for c in cells)
 
 
 def has_labels(path: Path, cfg) -> bool:

@@ -409,7 +409,7 @@ class Trainer:
     def _bar_done_early(self, bar: tqdm) -> None:
         """An epoch that ends before its last batch (trainer.max_steps, early stopping) closes its bar as done,
         saying why, not at 21% like a run that died."""
-        if bar.n < bar.total:
+        if not bar.disable and bar.n < bar.total:
             why = "early stopping" if self.state.stopped_early else f"trainer.max_steps={self.tcfg.max_steps}"
             bar.set_description(f"{bar.desc}, done at {why}")
             bar.total = bar.n
