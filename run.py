@@ -15,7 +15,16 @@ from omegaconf.errors import OmegaConfBaseException
 
 import afqmc  # (importing it registers the config resolvers)
 from afqmc.errors import AfqmcError, Interrupted
-from afqmc.runs.records import LOCK, OVERRIDES, discard, resume_argv, write_failed_summary, write_record
+from afqmc.runs.records import (
+    LOCK,
+    OVERRIDES,
+    discard,
+    hydra_quoted,
+    resume_argv,
+    unparsable,
+    write_failed_summary,
+    write_record,
+)
 
 log = logging.getLogger("afqmc")
 
@@ -26,6 +35,10 @@ def main(cfg: DictConfig) -> float:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         return afqmc.train(cfg, output_dir)
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0" and not (output_dir / LOCK).exists():
+            discard(output_dir)  # Ctrl-C before the run claimed its directory: nothing of it stays
+        raise
     except AfqmcError as e:
         log.error("%s: %s", type(e).__name__, e)  # the message says what to fix; a traceback would bury it
         # RANK read now: the Slurm launcher sets it in the job, after this module (pickled whole) was loaded
@@ -61,9 +74,48 @@ def cli() -> None:
 
         print(startup_error(e), file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # before the run claimed its directory (after, afqmc.train makes it an Interrupted)
+        if users_choice:
+            raise
+        print("Interrupted: Ctrl-C (SIGINT) before the run started; nothing was written", file=sys.stderr)
+        sys.exit(130)
+    except (UnicodeDecodeError, ValueError) as e:
+        line = _before_the_run(e)
+        if users_choice or line is None:
+            raise  # a bug's: its traceback
+        print(line, file=sys.stderr)
+        sys.exit(1)
+
+
+def _before_the_run(e: Exception) -> str | None:
+    """One line for what Hydra raises before the run starts as a UnicodeDecodeError or a ValueError (a config
+    file that is not UTF-8, a config group given null, a log file that cannot be opened); None for any other."""
+    from afqmc.config.schema import startup_error
+
+    if isinstance(e, UnicodeDecodeError):
+        tb, name = e.__traceback__, "a config file"
+        while tb is not None:  # the file Hydra was reading: a local of the innermost frame that has one
+            name = next(
+                (f.name for f in tb.tb_frame.f_locals.values() if hasattr(f, "read") and hasattr(f, "name")), name
+            )
+            tb = tb.tb_next
+        where = f"byte {e.object[e.start]:#04x} at byte {e.start + 1}"
+        return f"ConfigError: {name}: not UTF-8 text ({where}); save it as UTF-8"
+    if str(e).startswith("Config group override must be a string or a list"):  # logger=null
+        given = next((a for a in sys.argv[1:] if a.endswith("=null")), "GROUP=null")
+        group = given.partition("=")[0].lstrip("+~")
+        return f"ConfigError: {given}: a config group takes an option or a list of options; {group}=[] chooses none"
+    if isinstance(e.__cause__, OSError):  # Hydra's log file handler: RUN/run.log cannot be opened
+        return startup_error(e.__cause__)
+    return None
 
 
 if __name__ == "__main__":
+    sys.argv, quoted = hydra_quoted(sys.argv)  # dataset.root=/data/中文: quoted, as Hydra's grammar needs
+    for override in quoted:
+        print(f"run.py: quoted for Hydra (non-ASCII values need quotes in its grammar): {override}", file=sys.stderr)
+    if problem := unparsable(sys.argv):  # Hydra's own message does not say which override
+        sys.exit(f"ConfigError: {problem}")
     try:  # hydra.run.dir=RUN trainer.resume=true: the run's own overrides (afqmc/runs/records.py)
         sys.argv = resume_argv(sys.argv)
     except AfqmcError as e:

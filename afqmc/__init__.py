@@ -56,8 +56,9 @@ def train(cfg, output_dir) -> float:
     with runs.claimed(output_dir, cfg) if main else contextlib.nullcontext():
         if main:
             log.info("run directory: %s", output_dir.resolve())
-        trainer = TRAINERS.get(cfg.trainer.name)(cfg, output_dir)
-        try:
+        trainer = None
+        try:  # (the trainer's build too: a Ctrl-C in a run's first seconds leaves a summary like any other)
+            trainer = TRAINERS.get(cfg.trainer.name)(cfg, output_dir)
             best = trainer.fit()
             if main:  # the end of a long log says where the results are
                 log.info("run directory: %s; %s", output_dir.resolve(), runs.outcome(output_dir))
@@ -67,10 +68,14 @@ def train(cfg, output_dir) -> float:
             if isinstance(e, KeyboardInterrupt):  # a second Ctrl-C, or one outside the training loop
                 error = errors.Interrupted(str(e) or "Ctrl-C (SIGINT) outside the training loop: stopped at once")
             # a resume that fails before it trains (a checkpoint that does not load) leaves the record as it was
-            if main and not (OmegaConf.select(cfg, "trainer.resume") and not getattr(trainer, "built", True)):
+            built = trainer is not None and getattr(trainer, "built", True)
+            if main and not (OmegaConf.select(cfg, "trainer.resume") and not built):
                 status = "interrupted" if isinstance(error, errors.Interrupted) else "failed"
-                runs.write_failed_summary(output_dir, error, status)
-                log.info("run directory: %s; %s (summary.json says why)", output_dir.resolve(), status)
+                try:
+                    runs.write_failed_summary(output_dir, error, status)
+                    log.info("run directory: %s; %s (summary.json says why)", output_dir.resolve(), status)
+                except OSError as unwritten:  # a full disk: the error that filled it is the one to raise
+                    log.warning("run directory: %s; %s; summary.json not written: %s", output_dir, status, unwritten)
             elif main:
                 log.info("run directory: %s; not resumed, left as it was", output_dir.resolve())
             if error is not e:

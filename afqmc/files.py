@@ -36,8 +36,10 @@ def atomic_write(path: Path) -> Iterator[Path]:
     _remove(tmp)  # left by a process killed while writing
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         _remove(tmp)
+        if isinstance(e, OSError) and not e.filename:  # a write's ENOSPC names no file: the one being written
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     if tmp.is_dir() and path.exists():
         old = _aside(path, "old")

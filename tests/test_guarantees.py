@@ -350,3 +350,82 @@ def test_a_tracker_that_cannot_start_or_go_on_is_switched_off_in_seconds(tmp_pat
         assert trackers.trackers == {}
         (warning,) = [r.getMessage() for r in caplog.records if r.name == "afqmc.runs.trackers"]
         assert "logger mlflow failed while" in warning and needle in warning, warning
+
+
+# ---------------------------------------------------------------- 9, 10, 11: one line, not a traceback
+def test_overrides_hydra_cannot_parse_are_named_and_non_ascii_values_quoted():
+    argv, quoted = runs.hydra_quoted(
+        ["run.py", "dataset.root=/data/中文语料", "-m", "dataset.task=甲,乙", "trainer.seed=1"]
+    )
+    assert argv == ["run.py", "dataset.root='/data/中文语料'", "-m", "dataset.task='甲','乙'", "trainer.seed=1"]
+    assert quoted == argv[1:2] + argv[3:4]
+    assert compose_cfg([argv[1]]).dataset.root == "/data/中文语料"  # what the user meant
+    for bad in ("optimizer.lr=1e-3,", "trainer.seed=[1", "trainer.seed=range(1", '+dataset.label_map={"0":0}'):
+        argv = ["run.py", bad, "hydra.run.dir=x", "trainer.resume=true"]
+        assert runs.resume_argv(argv) == argv  # left to Hydra, never a traceback here
+        assert runs.unparsable(argv).startswith(f"{bad}: Hydra's override grammar refuses it (")
+    assert runs.unparsable(["run.py", "dataset.root='/data/中文'", "trainer.seed=range(1,3)", "-m"]) is None
+
+
+@pytest.mark.slow
+def test_the_first_commands_fail_in_one_line(tmp_path):
+    proc = run_py("dataset.root=/data/中文语料", "--cfg", "job", cwd=tmp_path)
+    assert proc.returncode == 0 and "root: /data/中文语料" in proc.stdout, proc.stderr[-2000:]
+    assert "quoted for Hydra" in proc.stderr
+
+    def fails(*args, needle):
+        proc = run_py(*TINY, *args, cwd=tmp_path)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 1 and "Traceback" not in out and needle in out, out[-3000:]
+
+    fails("optimizer.lr=1e-3,", needle="ConfigError: optimizer.lr=1e-3,: Hydra's override grammar refuses it")
+    fails("logger=null", "hydra.run.dir=r1", needle="ConfigError: logger=null: a config group takes an option")
+    assert not (tmp_path / "r1").exists()
+    (tmp_path / "conf" / "dataset").mkdir(parents=True)
+    (tmp_path / "conf" / "dataset" / "gbk.yaml").write_bytes("task: 中文\n".encode("gbk"))
+    fails(f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "dataset=gbk", needle="gbk.yaml: not UTF-8 text")
+    (tmp_path / "r2" / "run.log").mkdir(parents=True)  # Hydra's log file cannot be opened
+    fails("hydra.run.dir=r2", needle="RunDirError: " + str(tmp_path / "r2" / "run.log") + ": Is a directory")
+
+
+def test_ctrl_c_while_the_trainer_is_built_leaves_a_summary(tmp_path, monkeypatch):
+    import afqmc
+    from afqmc.errors import Interrupted
+    from afqmc.training import trainer
+
+    def interrupted(self, cfg, out):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.Trainer, "__init__", interrupted)
+    with pytest.raises(Interrupted):
+        afqmc.train(compose_cfg(TINY), tmp_path / "run")
+    assert summary(tmp_path / "run")["status"] == "interrupted"
+
+
+def test_a_full_disk_while_saving_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    from afqmc.config.registry import MODELS
+    from afqmc.errors import CheckpointError
+    from afqmc.files import atomic_write, write_text
+    from afqmc.training import checkpoint
+
+    with pytest.raises(OSError) as error:  # a write that fills the disk names no file: atomic_write names it
+        with atomic_write(tmp_path / "predictions.json") as tmp, open(tmp, "w") as f:
+            f.write("x")
+            raise OSError(28, "No space left on device")
+    assert error.value.filename == str(tmp_path / "predictions.json") and not any(tmp_path.iterdir())
+    write_text(tmp_path / "last" / "kept", "the copy before")
+    component = MODELS.component("bert_pair_cls")
+    for failure in (
+        RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"),
+        SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })"),
+    ):
+
+        def full(model, path, failure=failure):
+            raise failure
+
+        monkeypatch.setitem(component.hooks, "save", full)
+        with pytest.raises(CheckpointError, match=r"last: could not be written \(.*is the disk full\?"):
+            checkpoint.save(tmp_path / "last", "bert_pair_cls", None, None)
+        assert (tmp_path / "last" / "kept").read_text() == "the copy before"

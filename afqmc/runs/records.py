@@ -156,8 +156,49 @@ def write_record(run_dir: Path, cfg) -> None:
 
 # ---------------------------------------------------------------- resume by directory (run.py)
 def _given(argv: list[str]) -> dict:
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    overrides = [a for a in argv if _is_override(a)]
     return {override_key(o): o for o in _parse(overrides)}
+
+
+def _is_override(arg: str) -> bool:
+    return "=" in arg and not arg.startswith("-")
+
+
+def hydra_quoted(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(argv, the overrides quoted): an override whose value has characters beyond ASCII (a Chinese path, the
+    first command many users type) unquoted, which Hydra's grammar refuses, quoted as Hydra needs, each value
+    of a sweep list apart (`dataset.root=/data/中文,/b/语料` -> `dataset.root='/data/中文','/b/语料'`). A value
+    with quotes, brackets, braces, parentheses, `$` or a backslash is Hydra's own syntax: left to Hydra."""
+    from hydra.errors import OverrideParseException
+
+    out, quoted = [], []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if _is_override(arg) and not value.isascii() and not set(value) & set("'\"[]{}()$\\"):
+            try:
+                _parse([arg])
+            except OverrideParseException:
+                arg = f"{key}=" + ",".join(f"'{v}'" for v in value.split(","))
+                quoted.append(arg)
+        out.append(arg)
+    return out, quoted
+
+
+def unparsable(argv: list[str]) -> str | None:
+    """'OVERRIDE: why' for the first override that Hydra's grammar refuses, None when it takes them all."""
+    from hydra.errors import OverrideParseException
+
+    for arg in argv[1:]:
+        if _is_override(arg):
+            try:
+                _parse([arg])
+            except OverrideParseException as e:
+                why = str(e).splitlines()[0]
+                return (
+                    f"{arg}: Hydra's override grammar refuses it ({why}); quote a value that holds special "
+                    "characters (key='a,b'), or see https://hydra.cc/docs/advanced/override_grammar/basic/"
+                )
+    return None
 
 
 def resume_argv(argv: list[str]) -> list[str]:
@@ -165,7 +206,12 @@ def resume_argv(argv: list[str]) -> list[str]:
     ones (a given key replaces a recorded one; check_record then refuses any change resume does not allow).
     A sweep re-run with no sweep of its own (`-m hydra.sweep.dir=SWEEP trainer.resume=true`) gets the
     sweeper that launches the sweep's recorded jobs again (hydra_plugins/afqmc_resume_sweeper)."""
-    given = _given(argv)
+    from hydra.errors import OverrideParseException
+
+    try:
+        given = _given(argv)
+    except OverrideParseException:
+        return argv  # Hydra refuses it in one line (run.py's cli)
     if not (given.get("trainer.resume") and given["trainer.resume"].value() is True):
         return argv
     if "-m" in argv or "--multirun" in argv:

@@ -105,6 +105,25 @@ def save(path: Path, model_name: str, model, tokenizer, state: TrainState | None
     """The model (by its registration's save, into the directory made here), its tokenizer, with `run` (an
     afqmc.runs.card.CheckpointInfo) the run's config and a model card, for checkpoints/last the TrainState;
     checkpoint.json last, with the registered model's name, the raw label of each class and every file's sha256."""
+    try:
+        _write(path, model_name, model, tokenizer, state, run, labels)
+    except Exception as e:
+        if not _a_write_failure(e):
+            raise
+        raise CheckpointError(
+            f"{path}: could not be written ({error_line(e)}); is the disk full? A copy it held before is whole"
+        ) from None
+
+
+def _a_write_failure(e: Exception) -> bool:
+    """The ways a full disk (or a directory that cannot be written) shows while a checkpoint is saved: an
+    OSError, torch.save's RuntimeError ("file write failed"), safetensors' SafetensorError (an IoError)."""
+    from safetensors import SafetensorError
+
+    return isinstance(e, (OSError, SafetensorError)) or (isinstance(e, RuntimeError) and "write" in str(e).lower())
+
+
+def _write(path: Path, model_name: str, model, tokenizer, state, run, labels) -> None:
     from afqmc.config.registry import MODELS
 
     with atomic_write(path) as tmp:
