@@ -22,6 +22,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from afqmc.config.identity import is_free
+from afqmc.errors import error_line
 from afqmc.files import atomic_write, write_text
 from afqmc.runs.records import Run, find_runs, load_run
 
@@ -108,10 +109,21 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def optuna_results(root: Path) -> dict | None:
-    """The Optuna sweeper's optimization_results.yaml (best_params and best_value), when there is one."""
+def optuna_results(root: Path) -> dict | str | None:
+    """The Optuna sweeper's optimization_results.yaml (best_params and best_value), when there is one; a line
+    saying why when it cannot be read (the report lists it and goes on)."""
     path = root / "optimization_results.yaml"
-    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        results = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as e:  # noqa: BLE001  (YAML, OmegaConf, UnicodeDecodeError, OSError: all one line here)
+        return f"{path.name}: unreadable ({error_line(e)})"
+    results = results if isinstance(results, dict) else {}
+    value, params = results.get("best_value"), results.get("best_params")
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(params, dict)):
+        return f"{path.name}: unreadable (expected best_value, a number, and best_params, a map)"
+    return results
 
 
 def curve_metric(runs: list[Run]) -> str:
@@ -180,8 +192,10 @@ def markdown(root: Path, runs: list[Run], rows: list[dict], metric: str, has_cur
 
 def optuna_section(root: Path) -> list[str]:
     optuna = optuna_results(root)
-    if not optuna or "best_params" not in optuna:
+    if not optuna:
         return []
+    if isinstance(optuna, str):
+        return ["## Optuna search", "", optuna, ""]
     params = " ".join(f"`{k}={v}`" for k, v in optuna["best_params"].items())
     return ["## Optuna search", "", f"- best value: **{optuna['best_value']:.4f}**", f"- best params: {params}", ""]
 
@@ -276,7 +290,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         path = write_report(args.dir, args.metric)
-    except FileNotFoundError as e:
+    except OSError as e:  # no runs there; a full disk, a read-only directory (atomic_write names the file)
         sys.exit(f"afqmc.report: {e}")
     print(
         f"wrote {path}, {path.with_suffix('.csv')}"

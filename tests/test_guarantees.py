@@ -429,3 +429,33 @@ def test_a_full_disk_while_saving_is_one_line_naming_the_file(tmp_path, monkeypa
         with pytest.raises(CheckpointError, match=r"last: could not be written \(.*is the disk full\?"):
             checkpoint.save(tmp_path / "last", "bert_pair_cls", None, None)
         assert (tmp_path / "last" / "kept").read_text() == "the copy before"
+
+
+# ---------------------------------------------------------------- 14: a report that lists what it cannot read
+def test_the_report_lists_what_it_cannot_read_and_goes_on(tmp_path):
+    import json
+
+    from afqmc import report
+
+    for name, dev, curve in (
+        ("good", {"f1_macro": 0.7, "accuracy": 0.8}, [{"type": "eval", "epoch": 1, "step": 5, "f1_macro": 0.7}]),
+        ("odd", {"f1_macro": "abc", "accuracy": [1]}, [{"type": "eval", "step": 5, "f1_macro": 0.6}]),
+    ):
+        run = tmp_path / name
+        runs.write_text(run / runs.OVERRIDES, f"- trainer.seed={len(name)}\n")
+        best = {"epoch": 1, "step": 5, "metric": "f1_macro", "value": 0.7}
+        runs.write_text(run / "summary.json", json.dumps({"status": "completed", "best": best, "dev": dev}))
+        runs.write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in curve))
+    for text in ("best_value: [unclosed\n", "null\n", "best_value: high\nbest_params: {}\n"):
+        (tmp_path / "optimization_results.yaml").write_text(text)
+        md = report.write_report(tmp_path).read_text()
+        assert "optimization_results.yaml: unreadable" in md
+    assert "summary.json: dev.f1_macro is 'abc', not a number" in md
+    assert "metrics.jsonl: 1 dev records without an epoch left out" in md
+    assert "0.7000" in md  # the good run is reported as ever
+    shutil.rmtree(tmp_path / "curves.png", ignore_errors=True)
+    (tmp_path / "report.csv").unlink()
+    (tmp_path / "report.csv" / "x").mkdir(parents=True)  # a file the report cannot replace (as a read-only one)
+    with pytest.raises(SystemExit) as exit_:
+        report.main([str(tmp_path)])
+    assert str(exit_.value.code).startswith("afqmc.report: ") and "report.csv" in str(exit_.value.code)

@@ -403,12 +403,39 @@ def load_run(path: Path) -> Run:
     """A run as its directory says; one whose files cannot be read is `unreadable`, with why."""
     try:
         overrides = read_overrides(path / OVERRIDES)
-        curve = _dev_curve(path)
+        curve, left_out = _dev_curve(path)
     except (CheckpointError, OSError, UnicodeDecodeError) as e:
         return Run(path, [], "unreadable", error_line(e))
     summary, error = read_summary(path)
     status = "completed" if not error else "interrupted" if summary.get("status") == "interrupted" else "failed"
-    return Run(path, overrides, status, error, summary, curve)
+    problems = _not_numbers(summary)
+    if left_out:
+        problems.append(f"metrics.jsonl: {left_out} dev records without an epoch left out")
+    return Run(path, overrides, status, "; ".join(filter(None, [error, *problems])), summary, curve)
+
+
+# what the report reads as numbers: a value of another type there is listed and left out, never a traceback
+NUMBERS = {
+    "best": ("epoch", "step", "value"),
+    "dev": None,
+    "train": ("seconds", "samples_per_second"),
+    "stopped_early": ("step",),
+}
+
+
+def _not_numbers(summary: dict) -> list[str]:
+    """'summary.json: dev.f1_macro is 'abc', not a number' for each such value, which becomes None."""
+    problems = []
+    for part, keys in NUMBERS.items():
+        values = summary.get(part)
+        if not isinstance(values, dict):
+            continue
+        for key in keys or list(values):
+            value = values.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                problems.append(f"{SUMMARY}: {part}.{key} is {value!r}, not a number")
+                values[key] = None
+    return problems
 
 
 def completed_summary(run_dir) -> dict | None:
@@ -440,8 +467,9 @@ def read_summary(path: Path) -> tuple[dict, str]:
     return summary, error if isinstance(error, str) and error else f"{SUMMARY} has status {summary.get('status')!r}"
 
 
-def _dev_curve(path: Path) -> list[dict]:
-    records = []
+def _dev_curve(path: Path) -> tuple[list[dict], int]:
+    """(metrics.jsonl's dev records, how many were left out for lacking an integer epoch)."""
+    records, left_out = [], 0
     if (path / "metrics.jsonl").is_file():
         for line in (path / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
             try:
@@ -449,5 +477,8 @@ def _dev_curve(path: Path) -> list[dict]:
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash
             if isinstance(record, dict) and record.get("type") == "eval" and record.get("split", "dev") == "dev":
-                records.append(record)
-    return records
+                if not isinstance(record.get("epoch"), int) or not isinstance(record.get("step", 0), int):
+                    left_out += 1
+                    continue
+                records.append({k: v for k, v in record.items() if not isinstance(v, str) or k in ("type", "split")})
+    return records, left_out
