@@ -459,3 +459,46 @@ def test_the_report_lists_what_it_cannot_read_and_goes_on(tmp_path):
     with pytest.raises(SystemExit) as exit_:
         report.main([str(tmp_path)])
     assert str(exit_.value.code).startswith("afqmc.report: ") and "report.csv" in str(exit_.value.code)
+
+
+# ---------------------------------------------------------------- 15, 17, 19: messages that misled
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["trainer.device=cuda"], "trainer.device='cuda' but CUDA is not available"),
+        (["trainer.precision=fp16"], "trainer.precision=fp16 needs CUDA, which is not available"),
+        (["trainer.precision=fp16", "trainer.device=cpu"], "trainer.precision=fp16 needs CUDA"),
+    ],
+)
+def test_cuda_on_a_machine_without_it_is_a_config_error(overrides, needle, monkeypatch, tmp_path):
+    """Refused before the run claims a directory: nothing written, nothing to block a re-run."""
+    import torch
+
+    import afqmc
+    from afqmc.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=needle):
+        afqmc.train(compose_cfg([*TINY, *overrides]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_random_bytes_in_state_pt_are_called_corrupt(tmp_path):
+    from afqmc.errors import CheckpointError
+    from afqmc.training.checkpoint import TrainState
+
+    (tmp_path / "state.pt").write_bytes(bytes(range(256)) * 16)
+    with pytest.raises(CheckpointError, match=r"state.pt: corrupt, not a torch file of tensors") as error:
+        TrainState.load(tmp_path / "state.pt")
+    assert "could run code" not in str(error.value)
+
+
+def test_a_keep_last_never_resume_says_it_goes_on_from_the_older_checkpoint(tmp_path):
+    from afqmc.training.checkpointer import Checkpointer
+
+    keeper = Checkpointer.__new__(Checkpointer)  # (only what how_to_resume reads)
+    keeper.out, keeper.keep_last = tmp_path, "never"
+    assert "starts afresh" in keeper.how_to_resume()
+    (tmp_path / "checkpoints" / "last").mkdir(parents=True)  # the checkpoint of an attempt before this one
+    said = keeper.how_to_resume()
+    assert "starts afresh" not in said and "is older; go on from it with: python run.py hydra.run.dir=" in said

@@ -74,7 +74,10 @@ class TrainState:
 
         try:
             return cls(**torch.load(path, map_location="cpu", weights_only=True))
-        except pickle.UnpicklingError:  # torch's own message would advise weights_only=False: never
+        except pickle.UnpicklingError as e:  # torch's own message would advise weights_only=False: never
+            if "Unsupported global" not in str(e):  # random bytes, a file cut short: no pickle of objects at all
+                why = (str(e).split("error:")[-1].strip().splitlines() or ["unreadable"])[0]
+                raise CheckpointError(f"{path}: corrupt, not a torch file of tensors ({why}). " + _WHAT_TO_DO) from None
             raise CheckpointError(
                 f"{path}: holds objects other than tensors and plain containers; not loaded, "
                 "since loading it could run code. " + _WHAT_TO_DO

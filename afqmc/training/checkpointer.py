@@ -45,6 +45,10 @@ class Checkpointer:
 
     def how_to_resume(self) -> str:
         if self.keep_last == "never":
+            if (self.out / LAST).exists():  # a run resumed with keep_last=never: the older checkpoint stays
+                return f"not saved (trainer.keep_last=never); {self.out / LAST} is older; go on from it with: " + (
+                    resume_command(self.out)
+                )
             return "nothing saved (trainer.keep_last=never), so a resumed run starts afresh"
         return f"saved {self.out / LAST}; go on with: {resume_command(self.out)}"
 

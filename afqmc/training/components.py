@@ -110,7 +110,25 @@ def class_weights_fit_labels(cfg) -> None:
         )
 
 
+def device_exists(cfg) -> None:
+    """trainer.device=cuda, or fp16, on a machine without CUDA: refused by the config check, before the run
+    claims a directory (refused later, it left a failed run that blocked a re-run into the same directory)."""
+    t = cfg.trainer
+    if t.precision == "fp16" and t.device == "cpu":
+        raise ConfigError("trainer.precision=fp16 needs CUDA; allowed with trainer.device=cpu: auto, fp32, bf16")
+    if not (str(t.device).startswith("cuda") or t.precision == "fp16"):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if str(t.device).startswith("cuda"):
+        raise ConfigError(f"trainer.device={t.device!r} but CUDA is not available; allowed here: auto, cpu")
+    raise ConfigError("trainer.precision=fp16 needs CUDA, which is not available; allowed on CPU: auto, fp32, bf16")
+
+
 def check_trainer(cfg) -> None:
+    device_exists(cfg)
     metric_fits_labels(cfg)
     class_weights_fit_labels(cfg)
     predictions_need_the_best(cfg)
