@@ -25,6 +25,7 @@ from afqmc.config.identity import config_snapshot
 from afqmc.errors import AfqmcError, ConfigError, ModelLoadError
 from afqmc.files import recover, write_json
 from afqmc.runs.records import CONFIG
+from afqmc.runs.trackers import log_evaluation
 from afqmc.training.checkpoint import BEST, LAST, MANIFEST
 
 log = logging.getLogger("afqmc.evaluate")
@@ -99,6 +100,7 @@ def evaluate_run(run_dir: Path, which: str = "best", split: str = "dev", overrid
         "overrides": changed,
     }
     write_json(out, record)
+    log_evaluation(cfg, run_dir, which, split, metrics)  # the run's trackers get them too
     for name, value in metrics.items():
         print(f"{name} {value:.4f}")
     return out

@@ -4,6 +4,7 @@ test split, the messages a newcomer met, the model card a Hub user expects."""
 import json
 
 import pytest
+from omegaconf import OmegaConf
 
 import afqmc
 from afqmc.config.schema import check_config
@@ -304,3 +305,42 @@ def test_header_false_on_a_file_with_a_header_says_line_1_looks_like_one(tmp_pat
     message = r"train.tsv:1: label 'label' is not in dataset.label_map .*; line 1 looks like a header"
     with pytest.raises(DataError, match=message):
         build_dataset(cfg, "train")
+
+
+# ---------------------------------------------------------------- the model card a Hub user expects
+def test_the_model_card_says_language_license_base_model_and_clues_hub_id(tmp_path, monkeypatch):
+    from huggingface_hub import metadata_load
+
+    from afqmc.runs.card import CheckpointInfo, model_card
+
+    def card(*overrides):
+        cfg = OmegaConf.to_container(compose_cfg(list(overrides)), resolve=True)
+        (tmp_path / "README.md").write_text(model_card(CheckpointInfo(config=cfg, step=7), tmp_path))
+        return metadata_load(tmp_path / "README.md")
+
+    base = tmp_path / "base"  # a local base model whose own card declares its license
+    base.mkdir()
+    (base / "README.md").write_text("---\nlicense: apache-2.0\n---\n# base\n")
+    meta = card(f"model.checkpoint={base}", "dataset.root=/data/afqmc")
+    assert meta["language"] == "zh" and meta["license"] == "apache-2.0" and meta["datasets"] == ["clue"]
+    assert "base_model" not in meta  # a local directory is no Hub name
+    assert card(f"model.checkpoint={base}", "card.license=mit")["license"] == "mit"  # the user's key wins
+    meta = card("model.checkpoint=bert-base-chinese", "dataset.task=bq")  # (not in this machine's cache)
+    assert meta["base_model"] == "bert-base-chinese" and "license" not in meta and "datasets" not in meta
+    assert "datasets" not in card("experiment=smoke")  # the shipped smoke pairs are no CLUE data
+
+
+def test_afqmc_evaluate_logs_its_metrics_to_the_runs_tracker(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from afqmc.evaluate import evaluate_run
+
+    afqmc.train(compose_cfg(["experiment=smoke", "trainer.epochs=1", "logger=tensorboard"]), tmp_path)
+    record = json.loads(evaluate_run(tmp_path, "best", "dev").read_text())
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    logged = events.Scalars("eval/best/dev/f1_macro")
+    assert [(e.step, e.value) for e in logged] == [
+        (summary(tmp_path)["train"]["steps"], pytest.approx(record["metrics"]["f1_macro"]))
+    ]

@@ -19,7 +19,7 @@ FREE_KEYS = {
     "trainer.dist_timeout_s",
     "plugins",  # the modules that register components: the components chosen are compared themselves
 }
-FREE_GROUPS = ("logger.",)  # trackers watch a run and change nothing of it: one may be added on resume
+FREE_GROUPS = ("logger.", "card.")  # trackers watch a run, the model card describes it: neither changes what it trains
 # Not trainer.cpu_threads: torch does not promise the same reduction order across thread counts (a resume
 # with another count trained to other weights), so a resume must keep it.
 

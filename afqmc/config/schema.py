@@ -108,6 +108,8 @@ class Key:
         return self.rule is None or bool(self.rule(value))
 
 
+# the card key: the model card's settings (afqmc/runs/card.py)
+CARD = Key(dict, keys={"license": Key(str, null=True)})
 # the plugins key: modules imported before the check (afqmc/config/plugins.py)
 PLUGINS = Key(list, null=True, rule=lambda m: all(isinstance(x, str) and x for x in m), says="a list of module names")
 
@@ -157,8 +159,11 @@ def check_config(cfg: DictConfig) -> None:
     if not PLUGINS.accepts(plugins):
         raise ConfigError(f"plugins={_show(plugins)} is invalid; expected {PLUGINS.describe()}")
     load_plugins(plugins or [])
-    known = [*GROUPS, *MULTI_GROUPS, "plugins"]
+    known = [*GROUPS, *MULTI_GROUPS, "plugins", "card"]
     problems = [unknown_key(group, group, known) for group in cfg if group not in known]
+    if "card" in cfg:  # (a run recorded before the key has none)
+        card = _plain(cfg, "card")
+        problems += map_problems(card, CARD.keys, "card") if isinstance(card, dict) else ["card: expected a map"]
     components = {}
     for registry in (*GROUPS.values(), COLLATORS):
         try:

@@ -43,7 +43,8 @@ class CheckpointInfo:
 
     def write(self, directory: Path) -> None:
         """run_config.yaml and README.md into a checkpoint directory whose model files are written."""
-        (directory / RUN_CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.create(self.config)), encoding="utf-8")
+        shown = OmegaConf.create(without_local_paths(self.config))  # a checkpoint is shared: no local paths in it
+        (directory / RUN_CONFIG).write_text(OmegaConf.to_yaml(shown), encoding="utf-8")
         (directory / CARD).write_text(model_card(self, directory), encoding="utf-8")
 
 
@@ -102,16 +103,69 @@ with torch.no_grad():
 print(model.config.id2label[probabilities.argmax(-1).item()], probabilities.max().item())"""
 
 
+def without_local_paths(tree):
+    """The config with each absolute local path (`/home/me/data/bq`, `file:///...`, `~/...`) cut to its last
+    name (`bq`): a checkpoint shared on the Hub tells nothing of the machine it was trained on."""
+    if isinstance(tree, dict):
+        return {k: without_local_paths(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [without_local_paths(v) for v in tree]
+    if isinstance(tree, str) and tree.startswith(("/", "~", "file://")):
+        return Path(tree.removeprefix("file://")).name or "(local)"
+    return tree
+
+
+# the Hub's id of a dataset that a task's name says the run trained on (dataset.task): CLUE's tasks
+HUB_DATASETS = {task: "clue" for task in ("afqmc", "tnews11", "tnews10", "iflytek", "ocnli_50k", "cmnli")}
+
+
+def hub_datasets(data: dict) -> list[str] | None:
+    """The Hub ids of the training data, where one is known: a Hub dataset read by name (dataset.format=hf), or
+    CLUE's for its tasks, unless the data are the package's own (the smoke pairs)."""
+    from afqmc import ASSETS
+
+    root = str(data.get("root") or "")
+    if data.get("format") == "hf" and not Path(root).exists():
+        return [root]
+    if data.get("task") in HUB_DATASETS and not Path(root).resolve().is_relative_to(ASSETS):
+        return [HUB_DATASETS[data["task"]]]
+    return None
+
+
+def base_license(checkpoint) -> str | None:
+    """The license the base model's card (README.md) declares: in its directory, or in the Hugging Face cache
+    for a hub name; nothing is fetched."""
+    from huggingface_hub import metadata_load, try_to_load_from_cache
+
+    if not isinstance(checkpoint, str):
+        return None
+    path = Path(checkpoint) / "README.md" if Path(checkpoint).is_dir() else None
+    if path is None:
+        try:
+            cached = try_to_load_from_cache(checkpoint, "README.md")
+        except ValueError:  # not a hub name either
+            return None
+        path = Path(cached) if isinstance(cached, str) else None
+    try:
+        meta = metadata_load(path) if path is not None and path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    license_ = (meta or {}).get("license")
+    return license_ if isinstance(license_, str) else None
+
+
 def _metadata(info: CheckpointInfo, loads_with: str) -> str:
     from huggingface_hub import EvalResult, ModelCardData
 
     model, task = info.config["model"], info.config["dataset"]["task"]
+    datasets = hub_datasets(info.config["dataset"])
     results = [
         EvalResult(
             task_type="text-classification",
             task_name="Sentence-pair classification",
-            dataset_type=task,
+            dataset_type=datasets[0] if datasets else task,
             dataset_name=task,
+            dataset_config=task if datasets else None,
             dataset_split="dev",
             metric_type="f1" if name == "f1_macro" else name,
             metric_name=METRIC_NAMES[name],
@@ -126,6 +180,10 @@ def _metadata(info: CheckpointInfo, loads_with: str) -> str:
         pipeline_tag="text-classification",
         # the Hub takes a hub name only: a local directory stays in the text below
         base_model=_hub_name(model.get("checkpoint")),
+        language="zh",
+        # card.license, else the base model's (its card says); none known: the key stays out
+        license=(info.config.get("card") or {}).get("license") or base_license(model.get("checkpoint")),
+        datasets=datasets,
         tags=["afqmc", "sentence-pair-classification", task, *(["custom_code"] if loads_with == "custom_code" else [])],
         model_name=f"{task}-{model['name']}",
         eval_results=results or None,
@@ -169,7 +227,7 @@ def _metrics_table(info: CheckpointInfo) -> str:
 
 
 def model_card(info: CheckpointInfo, directory: Path) -> str:
-    cfg = info.config
+    cfg = without_local_paths(info.config)  # (the metadata read the paths themselves, for what they hold)
     model, data = cfg["model"], cfg["dataset"]
     loads_with = _loads_with(directory)
     pooling = model.get("pooling", "cls")

@@ -336,6 +336,22 @@ def start_trackers(cfg, out: Path, state) -> Trackers:
     return trackers
 
 
+def log_evaluation(cfg, run_dir: Path, which: str, split: str, metrics: dict) -> None:
+    """afqmc.evaluate's metrics to the run's trackers, in the tracker runs it logged to (summary.json's
+    `trackers`), as `eval/<checkpoint>/<split>/<metric>` at the run's last step. A tracker that fails is
+    reported and switched off, as in training: the eval/*.json file is the record."""
+    from types import SimpleNamespace
+
+    from afqmc.runs.records import read_summary
+
+    summary, _ = read_summary(run_dir)
+    step = (summary.get("train") or {}).get("steps") or 0
+    state = SimpleNamespace(step=step, trackers=summary.get("trackers") or {})
+    trackers = start_trackers(cfg, run_dir, state)
+    trackers.log({"type": "eval", "split": f"eval/{which}/{split}", "step": step, **metrics})
+    trackers._each("ending its run", lambda tracker: tracker.end(None, "completed"))
+
+
 def switched_off(name: str, doing: str, e: Exception) -> None:
     """One warning for a tracker that failed: what it was doing, why, and that the run goes on without it."""
     from afqmc.errors import error_line

@@ -684,6 +684,7 @@ class Trainer:
             "world_size": dist.world_size(),
             "global_batch_size": t.batch_size * t.grad_accum_steps * dist.world_size(),
             "class_weights": None if self.class_weights is None else self.class_weights.tolist(),
+            "trackers": self.state.trackers,  # their run ids: afqmc.evaluate logs to the same runs
         }
 
     def _log(self, record: dict) -> None:
