@@ -502,3 +502,24 @@ def test_a_keep_last_never_resume_says_it_goes_on_from_the_older_checkpoint(tmp_
     (tmp_path / "checkpoints" / "last").mkdir(parents=True)  # the checkpoint of an attempt before this one
     said = keeper.how_to_resume()
     assert "starts afresh" not in said and "is older; go on from it with: python run.py hydra.run.dir=" in said
+
+
+# ---------------------------------------------------------------- 16: the printed resume command of a search
+@pytest.mark.slow
+def test_the_resume_command_of_an_optuna_search_works(tmp_path):
+    """`python run.py -m hydra.sweep.dir=SWEEP trainer.resume=true`, as a stopped search prints it: each job's
+    recorded overrides hold hparams_search=afqmc_optuna, whose sampler override Hydra refused under the sweeper
+    that resumes (a job recorded by hand here, as an Optuna search records it, completed: it is skipped)."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    job = tmp_path / "sweep" / "0"
+    overrides = ["optimizer.lr=2e-05", "hparams_search=afqmc_optuna", *TINY]
+    runs.write_text(job / runs.CONFIG, OmegaConf.to_yaml(compose_cfg(overrides)))
+    runs.write_text(job / runs.OVERRIDES, "".join(f"- {o}\n" for o in overrides))
+    best = {"epoch": 1, "step": 4, "metric": "f1_macro", "value": 0.5}
+    runs.write_text(job / "summary.json", json.dumps({"status": "completed", "best": best}))
+    proc = run_py("-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", "trainer.resume=true", cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "completed: skipped" in (job / "run.log").read_text()
