@@ -46,6 +46,10 @@ def help_keys() -> str:
                 out += [f"  {line}" for line in text.splitlines() if line.strip() and not line.startswith("#")]
             out.append("")
             continue
+        if group == "dataset":  # what every dataset YAML gets (conf/config.yaml composes it before the dataset)
+            base = (CONF / "dataset_defaults" / "sentence_pairs.yaml").read_text(encoding="utf-8")
+            out.append("dataset keys a dataset YAML may leave out (conf/dataset_defaults/sentence_pairs.yaml):")
+            out += [f"  {line}" for line in base.splitlines() if line.strip() and not line.startswith("#")]
         default = (CONF / group / f"{chosen[group]}.yaml").read_text(encoding="utf-8")
         out.append(f"{group}={chosen[group]} (the default; conf/{group}/{chosen[group]}.yaml):")
         out += [f"  {line}" for line in default.splitlines() if line.strip()]
