@@ -183,7 +183,7 @@ def test_each_architecture_trains_resumes_predicts_and_loads_in_transformers(
     config = json.loads((best / "config.json").read_text())
     assert config["model_type"] == model_type and "auto_map" not in config  # the architecture's own head
     card = (best / "README.md").read_text()
-    assert config["architectures"][0] in card and str(checkpoint) in card
+    assert f"Architecture: `{config['architectures'][0]}`; base checkpoint: " in card and checkpoint.name in card
     dev = read_jsonl(data_dir / "dev.json")
     logits = Predictor(best).logits([(r["sentence1"], r["sentence2"]) for r in dev])
     metrics = afqmc.training.metrics.scores(logits, torch.tensor([int(r["label"]) for r in dev]))
