@@ -25,10 +25,15 @@ TABLES = {
 
 
 @functools.cache
-def model_types(table: str) -> frozenset[str]:
-    """The model types of one of transformers' auto tables (TABLES), from transformers/models/auto/modeling_auto.py."""
+def model_types(table: str) -> frozenset[str] | None:
+    """The model types of one of transformers' auto tables (TABLES), from transformers/models/auto/modeling_auto.py;
+    None where a transformers version keeps them elsewhere (the check then leaves it to the loading)."""
     spec = importlib.util.find_spec("transformers")  # (a top-level package's spec: nothing of it runs)
-    source = Path(spec.submodule_search_locations[0], "models", "auto", "modeling_auto.py").read_text(encoding="utf-8")
+    path = Path(spec.submodule_search_locations[0], "models", "auto", "modeling_auto.py")
+    try:
+        source = path.read_text(encoding="utf-8")
+    except OSError:
+        return None
     tables = {}
     for node in ast.parse(source).body:
         if (
@@ -37,12 +42,12 @@ def model_types(table: str) -> frozenset[str]:
             and node.targets[0].id in TABLES.values()
         ):
             tables[node.targets[0].id] = frozenset(dict(ast.literal_eval(node.value.args[0])))
-    return tables[TABLES[table]]
+    return tables.get(TABLES[table])
 
 
 def is_decoder(model_type: str) -> bool:
     """A causal LM with no masked-LM form (Qwen2, Llama): its first token sees no other, so no [CLS]."""
-    return model_type in model_types("causal_lm") and model_type not in model_types("masked_lm")
+    return model_type in (model_types("causal_lm") or ()) and model_type not in (model_types("masked_lm") or ())
 
 
 def _tested() -> str:
@@ -62,6 +67,8 @@ def check_architecture(checkpoint: str, config: dict, pooling: str, trust_remote
             )
     model_type = AFQMC_TYPES.get(model_type, model_type)
     if trust_remote_code and "auto_map" in config:  # the checkpoint's own code decides what it builds
+        return
+    if model_types("encoder") is None or model_types("head") is None:  # (another layout of transformers)
         return
     version = importlib.metadata.version("transformers")
     where = f"model.checkpoint={checkpoint!r} is a {model_type!r} model"
