@@ -111,11 +111,14 @@ def test_free_keys_are_no_part_of_a_jobs_identity_nor_of_the_reports_groups(tmp_
     assert runs.resume_argv(argv)[-1] == "hydra/sweeper=afqmc_resume"
 
 
-def test_a_resume_may_drop_or_change_its_trackers():
+def test_a_resume_may_drop_or_change_its_trackers(tmp_path):
     recorded = ["experiment=smoke", "logger=mlflow", "logger.mlflow.tracking_uri=file:///x", "optimizer.lr=1e-3"]
+    runs.write_text(tmp_path / runs.OVERRIDES, "".join(f"- {o}\n" for o in recorded))
     for given in (["~logger"], ["logger=[]"], ["logger=tensorboard"]):
         assert runs.merge_overrides(recorded, given) == ["experiment=smoke", "optimizer.lr=1e-3", *given]
-        compose_cfg(runs.merge_overrides(recorded, given))  # Hydra composes it
+        argv = runs.resume_argv(["run.py", f"hydra.run.dir={tmp_path}", "trainer.resume=true", *given])
+        assert argv[1:3] == ["experiment=smoke", "optimizer.lr=1e-3"] and argv[-1] == given[0]
+        compose_cfg([a for a in argv[1:] if not a.startswith("hydra.")])  # Hydra composes it
 
 
 def test_cpu_threads_is_refused_on_resume(tmp_path):

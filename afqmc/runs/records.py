@@ -161,7 +161,8 @@ def _given(argv: list[str]) -> dict:
 
 
 def _is_override(arg: str) -> bool:
-    return "=" in arg and not arg.startswith("-")
+    """key=value, +key=value, group=option, or a deletion (~key, ~group), as Hydra reads the command line."""
+    return ("=" in arg and not arg.startswith("-")) or arg.startswith("~")
 
 
 def hydra_quoted(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -237,8 +238,8 @@ def resume_argv(argv: list[str]) -> list[str]:
     recorded = read_overrides(record) + ([] if "hydra.searchpath" in given else recorded_searchpath(run_dir))
     return [
         run_py,
-        *merge_overrides(recorded, [a for a in args if "=" in a and not a.startswith("-")]),
-        *[a for a in args if not ("=" in a and not a.startswith("-"))],
+        *merge_overrides(recorded, [a for a in args if _is_override(a)]),
+        *[a for a in args if not _is_override(a)],
     ]
 
 
