@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from .conftest import ROOT, records, start_run, summary
+from .conftest import ROOT, TORCHRUN, records, summary
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -30,6 +30,7 @@ LAUNCHER = [
     "hydra.launcher.mem_gb=1",
 ]
 SMOKE = ["experiment=smoke", "trainer.log_every=10", "trainer.save_every_steps=null"]
+TWO_RANKS = ["hydra.launcher.tasks_per_node=2"]  # one run of two ranks (gloo), on the node's two CPUs
 
 
 def _missing() -> str | None:
@@ -108,9 +109,15 @@ def read_csv(path):
 def assert_same_result(run_dir, reference):
     a, b = summary(run_dir), summary(reference)
     assert a["status"] == "completed", a
-    assert (a["best"], a["dev"]) == (b["best"], b["dev"])
+    assert (a["best"], a["dev"], a["world_size"]) == (b["best"], b["dev"], b["world_size"])
     assert (a["train"]["steps"], a["train"]["samples"]) == (b["train"]["steps"], b["train"]["samples"])
     assert records(run_dir) == records(reference)  # each train loss and dev metric once: none lost, none repeated
+    assert predictions(run_dir) == predictions(reference)
+
+
+def predictions(run_dir) -> str:
+    (path,) = (run_dir / "predictions").glob("*_predict.json")  # (named by dataset.task)
+    return path.read_text()
 
 
 def test_sweep_submits_an_array_waits_and_writes_the_report(slurm, tmp_path):
@@ -140,13 +147,22 @@ def test_sweep_submits_an_array_waits_and_writes_the_report(slurm, tmp_path):
 
 @pytest.fixture(scope="module")
 def preempted(slurm, tmp_path_factory):
-    """One sweep, three array tasks: job 0 and job 1 train alike (dataset.task only names the predictions file, and
-    they write none); Slurm stops both mid-training (see `preempt`); job 2 has a planted config error. Beside it,
-    the same training without Slurm and without a stop: the result both must end with."""
+    """One sweep of four array tasks, each one run of 2 ranks (2 Slurm tasks): jobs 0, 1 and 3 train alike
+    (dataset.task only names the predictions file); Slurm stops jobs 0 and 1 mid-training (see `preempt`), job 3
+    runs undisturbed; job 2 has a planted config error. Beside it, the same training under torchrun
+    --nproc_per_node=2, without Slurm and without a stop: the result each of the three must end with."""
     root = tmp_path_factory.mktemp("preempted")
-    train = ["trainer.epochs=3", "trainer.seed=3", "trainer.log_every=1", "trainer.predict=false"]
-    reference = start_run(*SMOKE, *train, f"hydra.run.dir={root / 'ref'}", env=slurm)
-    args = sweep_args(root / "sweep", *train, "hydra.launcher.timeout_min=10", "dataset.task=afqmc,twin,a/b")
+    train = ["trainer.epochs=5", "trainer.seed=3", "trainer.log_every=1"]  # 125 steps of 2 ranks: ~4 s
+    reference = subprocess.Popen(
+        [*TORCHRUN, str(ROOT / "run.py"), *SMOKE, *train, f"hydra.run.dir={root / 'ref'}"],
+        cwd=root,
+        env=slurm,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    args = sweep_args(
+        root / "sweep", *TWO_RANKS, *train, "hydra.launcher.timeout_min=10", "dataset.task=afqmc,twin,a/b,x"
+    )
     proc = subprocess.Popen(args, cwd=ROOT, env=slurm, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         preempt(slurm, root / "sweep", proc)
@@ -158,16 +174,18 @@ def preempted(slurm, tmp_path_factory):
 
 
 def preempt(env, sweep_dir, sweep):
-    """As soon as job 0 trains, scontrol requeue it: Slurm sends SIGTERM, as on a preemption, and requeues it.
+    """As soon as job 0 trains, scontrol requeue it: Slurm sends SIGTERM to both ranks, as on a preemption, and
+    requeues it.
 
-    As soon as job 1 trains, pause it (SIGSTOP) and cut its time limit to 2 min. Slurm looks at time limits every
-    30 s; at its next look the warning that sbatch --signal asks for (USR2, 120 s before the limit) is due: Slurm
-    sends SIGCONT, which wakes the job mid-step, then SIGUSR2. (The pause keeps it mid-training until then without
-    a long run.) Once the job has stopped, its limit goes back to 10 min, or it would be warned again at once."""
+    As soon as job 1 trains, pause both its ranks (SIGSTOP) and cut its time limit to 2 min. Slurm looks at time
+    limits every 30 s; at its next look the warning that sbatch --signal asks for (USR2, 120 s before the limit) is
+    due: Slurm sends SIGCONT, which wakes the ranks mid-step, then SIGUSR2. (The pause keeps them mid-training until
+    then without a long run.) Once the job has stopped, its limit goes back to 10 min, or it would be warned again."""
     task, _ = wait_training(env, sweep_dir / "0", sweep)
     subprocess.run(["scontrol", "requeue", task], env=env, check=True)
     task, job_id = wait_training(env, sweep_dir / "1", sweep)
-    os.kill(job_process(env, job_id), signal.SIGSTOP)
+    for pid in job_processes(env, job_id).values():
+        os.kill(pid, signal.SIGSTOP)
     subprocess.run(["scontrol", "update", f"JobId={task}", "TimeLimit=2"], env=env, check=True)
     assert wait_until(lambda: "SIGUSR2" in read(sweep_dir / "1" / "run.log"), 60), "no time-limit warning in 60 s"
     subprocess.run(["scontrol", "update", f"JobId={task}", "TimeLimit=10"], env=env, check=True)
@@ -181,24 +199,38 @@ def wait_training(env, run_dir, sweep) -> tuple[str, str]:
         if last is not None and size > last:
             squeue = subprocess.run(["squeue", "-h", "-r", "-o", "%i %A %T"], env=env, capture_output=True, text=True)
             for task, job_id, state in map(str.split, squeue.stdout.splitlines()):
-                if task.endswith(f"_{run_dir.name}") and state == "RUNNING":
+                # (an array of one job: squeue names its task by the job id alone)
+                if (task.endswith(f"_{run_dir.name}") or task == job_id) and state == "RUNNING":
                     return task, job_id
         last = size
         time.sleep(0.2)
     pytest.fail(f"job {run_dir.name} was not seen training (sweep exit code {sweep.poll()})")
 
 
-def job_process(env, job_id: str) -> int:
-    """The PID of the Python process that runs a job: in the job's step 0 (srun's; the batch step runs srun)."""
+def job_processes(env, job_id: str) -> dict[int, int]:
+    """{rank: PID} of the Python processes that run a job: its Slurm tasks in step 0 (srun's; the batch step runs
+    srun), each with its rank in SLURM_PROCID."""
     listed = subprocess.run(["scontrol", "listpids", job_id], env=env, capture_output=True, text=True, check=True)
+    ranks = {}
     for pid, _, step, *_ in map(str.split, listed.stdout.splitlines()[1:]):
         if step == "0" and b"submitit.core._submit" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return int(pid)
-    raise AssertionError(f"no submitit process among job {job_id}'s: {listed.stdout}")
+            environ = dict(v.split(b"=", 1) for v in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if v)
+            ranks[int(environ[b"SLURM_PROCID"])] = int(pid)
+    assert ranks, f"no submitit process among job {job_id}'s: {listed.stdout}"
+    return ranks
 
 
 def read(path) -> str:
     return path.read_text() if path.exists() else ""
+
+
+def test_a_two_task_job_is_one_run_with_torchruns_result(preempted):
+    assert summary(preempted.reference)["world_size"] == 2
+    assert_same_result(preempted.sweep / "3", preempted.reference)  # dev metrics, predictions, every record
+    # one run directory a job: rank 1 made none of its own, wrote no log file; the report has each job once
+    assert sorted(p.name for p in preempted.sweep.iterdir() if p.is_dir()) == [".submitit", "0", "1", "2", "3"]
+    assert [r["run"] for r in read_csv(preempted.sweep / "report.csv")] == ["0", "1", "2", "3"]
+    assert [p.name for p in (preempted.sweep / "3").glob("*.log")] == ["run.log"]
 
 
 def test_a_requeued_job_saves_resumes_and_ends_as_if_never_stopped(preempted):
@@ -222,8 +254,31 @@ def test_a_failed_job_is_named_and_the_others_complete(preempted):
     assert preempted.returncode == 1
     assert "Traceback" not in preempted.err, preempted.err[-3000:]
     (error,) = [line for line in preempted.err.splitlines() if "SweepError" in line]
-    assert error.startswith(f"SweepError: 1 of 3 jobs failed: job 2 ({preempted.sweep / '2'}): ConfigError: "), error
-    assert "dataset.task='a/b' is invalid" in error
+    assert error.startswith(f"SweepError: 1 of 4 jobs failed: job 2 ({preempted.sweep / '2'}): Slurm job "), error
+    assert ", rank 0 of 2: ConfigError: dataset.task='a/b' is invalid" in error
     rows = {r["run"]: r for r in read_csv(preempted.sweep / "report.csv")}
-    assert [rows[job]["status"] for job in "012"] == ["completed", "completed", "failed"]
+    assert [rows[job]["status"] for job in "0123"] == ["completed", "completed", "failed", "completed"]
     assert rows["2"]["error"].startswith("ConfigError: dataset.task='a/b' is invalid")
+
+
+def test_a_rank_that_stops_answering_fails_the_job_within_the_timeout(slurm, tmp_path):
+    """Rank 1 paused (SIGSTOP) mid-training, as a node that is lost without closing its connections: rank 0 waits
+    at its next collective for trainer.dist_timeout_s, fails the run, and its exit ends the job (srun
+    --kill-on-bad-exit), rank 1 included. Before the timeout existed, gloo waited 30 min, the job with it."""
+    # 50 epochs: time enough to be stopped (a run that completes fails the test), ended long before
+    args = sweep_args(tmp_path, *TWO_RANKS, "trainer.epochs=50", "trainer.log_every=1", "trainer.dist_timeout_s=5")
+    proc = subprocess.Popen(args, cwd=ROOT, env=slurm, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        task, job_id = wait_training(slurm, tmp_path / "0", proc)
+        os.kill(job_processes(slurm, job_id)[1], signal.SIGSTOP)
+        out, err = proc.communicate(timeout=180)  # the sweep waits for the job: it ended
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err[-3000:]
+    result = summary(tmp_path / "0")
+    assert result["status"] == "failed" and "Timed out" in result["error"], result
+    # not completed, not running on: Slurm ends it (the sweep has rank 0's result as soon as rank 0 wrote it)
+    show = ["scontrol", "show", "job", task]
+    ended = wait_until(lambda: b"JobState=FAILED" in subprocess.run(show, env=slurm, capture_output=True).stdout, 60)
+    assert ended, subprocess.run(show, env=slurm, capture_output=True, text=True).stdout
+    assert f"SweepError: 1 of 1 jobs failed: job 0 ({tmp_path / '0'}): " in err, err[-3000:]

@@ -37,6 +37,10 @@ class SweepReport(Callback):
         if self.sweep_dir is None:
             return  # already written (or no multirun started in this process)
         sweep_dir, self.sweep_dir = self.sweep_dir, None
+        from afqmc.runs.records import find_runs
+
+        if sweep_dir.is_dir() and not find_runs(sweep_dir):
+            return  # no job ran (e.g. the launcher refused the sweep before submitting): nothing to report
         try:
             from afqmc.report import write_report
 

@@ -1,9 +1,11 @@
-"""Data parallelism under torchrun: the process group from torchrun's environment, and collectives
-that are no-ops in a single process, so the training loop reads the same either way."""
+"""Data parallelism under torchrun or the Slurm launcher: the process group from torchrun's environment
+(afqmc/runs/launcher.py sets the same variables from Slurm's), and collectives that are no-ops in a single
+process, so the training loop reads the same either way."""
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -21,18 +23,28 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init(device_type: str) -> torch.device | None:
-    """Join torchrun's process group (NCCL on CUDA, gloo on CPU); the CUDA device is this rank's local GPU."""
+def init(device_type: str, timeout_s: float = 600) -> torch.device | None:
+    """Join the process group (NCCL on CUDA, gloo on CPU); the CUDA device is this rank's local GPU.
+
+    A collective that waits longer than timeout_s raises on every rank still alive: a rank that died (its
+    node lost) stops the others then, not at the job's time limit. NCCL's watchdog aborts on it as well."""
     if world_size() == 1:
         return None
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if device_type == "cuda" else torch.device("cpu")
+    device = torch.device("cuda", local_gpu()) if device_type == "cuda" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(
-            "nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
+            "nccl" if device.type == "cuda" else "gloo",
+            device_id=device if device.type == "cuda" else None,
+            timeout=timedelta(seconds=timeout_s),
         )
     return device
+
+
+def local_gpu() -> int:
+    """LOCAL_RANK among the node's GPUs; 0 where Slurm bound one GPU to each task (CUDA_VISIBLE_DEVICES)."""
+    return int(os.environ["LOCAL_RANK"]) if torch.cuda.device_count() > 1 else 0
 
 
 def broadcast(obj):

@@ -147,7 +147,7 @@ class Trainer:
         device = torch.device(want)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"trainer.device={self.tcfg.device!r} but CUDA is not available; allowed here: auto, cpu")
-        device = dist.init(device.type) or device  # under torchrun: this rank's GPU
+        device = dist.init(device.type, self.tcfg.dist_timeout_s) or device  # several ranks: this rank's GPU
         precision = self.tcfg.precision
         if precision == "auto":
             precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
