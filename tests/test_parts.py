@@ -108,3 +108,6 @@ def test_an_option_added_since_a_run_was_recorded_is_no_change_but_a_removed_one
     assert config_changes({"optimizer.lr": 0.1}, {"optimizer.lr": 0.1, "model.new_option": False}) == []
     assert config_changes({"optimizer.lr": 0.1, "model.old": 1}, {"optimizer.lr": 0.1}) == ["model.old: 1 -> None"]
     assert config_changes({"optimizer.lr": 0.1}, {"optimizer.lr": 0.2}) == ["optimizer.lr: 0.1 -> 0.2"]
+    # model.pooling=pooler, the default before model.pooling=auto, is auto's old name
+    assert config_changes({"model.pooling": "pooler"}, {"model.pooling": "auto"}) == []
+    assert config_changes({"model.pooling": "pooler"}, {"model.pooling": "cls"}) == ["model.pooling: 'pooler' -> 'cls'"]

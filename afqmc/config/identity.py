@@ -22,6 +22,8 @@ FREE_KEYS = {
 FREE_GROUPS = ("logger.", "card.")  # trackers watch a run, the model card describes it: neither changes what it trains
 # Not trainer.cpu_threads: torch does not promise the same reduction order across thread counts (a resume
 # with another count trained to other weights), so a resume must keep it.
+# Values renamed since a run may have been recorded: the old name means the new one.
+RENAMED = {("model.pooling", "pooler"): "auto"}  # BERT's own head (its pooler) is the architecture's own head
 
 
 def is_free(key: str) -> bool:
@@ -52,4 +54,8 @@ def config_changes(saved: dict, now: dict) -> list[str]:
     A key the saved config lacks is an option added to afqmc since the run was recorded: its default keeps
     what the run did before the option existed, so a run recorded by an older version still resumes."""
     keys = sorted(k for k in saved.keys() - FREE_KEYS if not k.startswith(FREE_GROUPS))
-    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
+    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if _named(k, saved) != _named(k, now)]
+
+
+def _named(key: str, config: dict):
+    return RENAMED.get((key, config.get(key)), config.get(key))
