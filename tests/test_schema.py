@@ -77,7 +77,7 @@ BAD = [
     ("trainer.precision=fp8", r"trainer.precision='fp8' is invalid; expected one of 'auto', 'fp32', 'bf16', 'fp16'$"),
     ("trainer.metric=auc", r"trainer.metric='auc' is invalid; expected one of 'accuracy', 'f1_macro', .*'loss'$"),
     ("model.pooling=max", r"model.pooling='max' is invalid; expected one of 'auto', 'cls', 'mean', 'pooler'$"),
-    ("dataset.format=xml", r"dataset.format='xml' is invalid; expected one of 'jsonl', 'csv', 'tsv'$"),
+    ("dataset.format=xml", r"dataset.format='xml' is invalid; expected one of 'jsonl', 'csv', 'tsv', 'parquet', 'hf'$"),
     ("dataset.on_bad_line=ignore", r"dataset.on_bad_line='ignore' is invalid; expected one of 'error', 'skip'$"),
     ("trainer.device=gpu", r"trainer.device='gpu' is invalid; expected auto, cpu, cuda or cuda:N$"),
     ("trainer.predict=yes", r"trainer.predict='yes' is invalid; expected true or false$"),
@@ -100,7 +100,7 @@ BAD = [
     ),
     (
         "+trainr.epochs=3",
-        r"trainr: unknown key; config groups: callbacks, dataset, logger, model, optimizer, plugins, scheduler, "
+        r"trainr: unknown key; config groups: callbacks, card, dataset, logger, model, optimizer, plugins, scheduler, "
         r"trainer \(did you mean trainer\?\)",
     ),
     ("~trainer.seed", r"trainer.seed is missing; expected an integer >= 0 and <= 4294967295$"),
