@@ -58,4 +58,5 @@ def config_changes(saved: dict, now: dict) -> list[str]:
 
 
 def _named(key: str, config: dict):
-    return RENAMED.get((key, config.get(key)), config.get(key))
+    value = config.get(key)
+    return RENAMED.get((key, value), value) if not isinstance(value, list) else value  # (a list: no old name)
