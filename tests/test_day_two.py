@@ -344,3 +344,15 @@ def test_afqmc_evaluate_logs_its_metrics_to_the_runs_tracker(tmp_path):
     assert [(e.step, e.value) for e in logged] == [
         (summary(tmp_path)["train"]["steps"], pytest.approx(record["metrics"]["f1_macro"]))
     ]
+
+
+def test_a_duplicate_id_in_a_parquet_test_split_names_both_rows(tmp_path):
+    from afqmc.data.components import build_dataset
+    from afqmc.errors import DataError
+
+    rows = [{k: v for k, v in r.items() if k != "label"} for r in pair_rows(3, ids=True)]
+    rows[2]["id"] = 100
+    path = write_parquet(tmp_path / "test.parquet", rows)
+    cfg = parquet_cfg(tmp_path).dataset
+    with pytest.raises(DataError, match=rf"^{path}:row 3: duplicate prediction id 100: row 1 \(id 100\) and row 3"):
+        build_dataset(cfg, "test")

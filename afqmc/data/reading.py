@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 from omegaconf import OmegaConf
 
-from afqmc.data.tables import TABLE_FORMATS, table_rows
+from afqmc.data.tables import TABLE_FORMATS, Row, table_rows
 from afqmc.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -262,6 +262,11 @@ class SkippedLines:
             log.warning("skipped %s", error)
 
 
+def _line(number: int) -> str:
+    """`line 4`, or a table's `row 4` (a Row says so itself: afqmc/data/tables.py)."""
+    return str(number) if isinstance(number, Row) else f"line {number}"
+
+
 class _UniqueIds:
     """The ids of a split that is predicted: two lines with one id would be two answers under one name.
     Ids are compared as text, since a CSV's "1" and a JSON line's 1 name the same line in a submission."""
@@ -274,8 +279,8 @@ class _UniqueIds:
         if key in self.seen:
             first = self.seen[key]
             raise DataError(
-                f"{self.path}:{lineno}: duplicate prediction id {value!r}: line {first[0]} ({self._how(*first[1:])}) "
-                f"and line {lineno} ({self._how(value, positional)}); each line needs an id of its own"
+                f"{self.path}:{lineno}: duplicate prediction id {value!r}: {_line(first[0])} ({self._how(*first[1:])}) "
+                f"and {_line(lineno)} ({self._how(value, positional)}); each line needs an id of its own"
             )
         self.seen[key] = (lineno, value, positional)
 
