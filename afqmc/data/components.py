@@ -153,10 +153,10 @@ def build_dataset(cfg, split: str, labeled: bool | None = None):
     from afqmc.data.datasets import PairDataset, StreamingPairDataset
 
     path = split_path(cfg, split)
-    if not isinstance(path, HubSplit):  # (a datasets split comes through datasets' own cache)
+    if not isinstance(path, HubSplit):  # (a datasets split comes through datasets' cache; its load says what fails)
         ensure_downloaded(cfg, split)
-    if not path.is_file():
-        raise DataError(f"{path}: split file {split!r} not found (dataset.root={cfg.root}, dataset.splits.{split})")
+        if not path.is_file():
+            raise DataError(f"{path}: split file {split!r} not found (dataset.root={cfg.root}, dataset.splits.{split})")
     limit = {"train": cfg.max_train_samples, "dev": cfg.max_eval_samples, "test": cfg.max_test_samples}.get(split)
     skipped = SkippedLines()
     labeled = split != "test" if labeled is None else labeled

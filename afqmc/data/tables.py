@@ -29,7 +29,8 @@ class Row(int):
     def __str__(self) -> str:
         return f"row {int(self)}"
 
-    __format__ = lambda self, spec: str(self)  # noqa: E731  (f-strings format an int subclass as an int)
+    def __format__(self, spec: str) -> str:  # (f-strings would format it as the int it is)
+        return str(self)
 
 
 @dataclass(frozen=True)
@@ -44,20 +45,13 @@ class HubSplit:
     def __str__(self) -> str:
         return f"{self.root}[{self.split}]" if self.subset is None else f"{self.root}/{self.subset}[{self.split}]"
 
-    def is_file(self) -> bool:  # (whether a split is there, load() says, and why not)
-        return True
-
     def files(self) -> list[str]:
         return sorted(f["filename"] for f in self.load().cache_files)
 
     def load(self):
-        """The `datasets.Dataset`, memory-mapped from its Arrow files (loaded once)."""
-        if self not in _LOADED:
-            _LOADED[self] = _load(self)
-        return _LOADED[self]
-
-
-_LOADED: dict[HubSplit, object] = {}
+        """The `datasets.Dataset`, memory-mapped from its Arrow files: loaded at each use (in milliseconds), so
+        that data written again between two runs of one process are read again."""
+        return _load(self)
 
 
 def _datasets():
