@@ -68,7 +68,8 @@ def test_early_stopping_counts_evaluations_without_gain(tmp_path, pairs_dir, tin
     assert result["stopped_early"] == {"epoch": 1, "step": 6} and result["train"]["steps"] == 6
     assert [r["step"] for r in evals(tmp_path)] == [2, 4, 6]
     assert read_jsonl(tmp_path / "metrics.jsonl")[-1]["step"] == 6  # nothing trained past the stop
-    assert train(tmp_path / "off", pairs_dir, tiny_bert_dir, "trainer.eval_every_steps=2")["stopped_early"] is None
+    off = tmp_path.with_name(f"{tmp_path.name}_off")  # (beside, not below: the report finds every run below)
+    assert train(off, pairs_dir, tiny_bert_dir, "trainer.eval_every_steps=2")["stopped_early"] is None
 
     md = report_md(tmp_path, "trainer.early_stopping.patience=2")
     assert "1 of 1 runs stopped early" in md and "| stopped early |" in md and "| step 6 |" in md
