@@ -128,6 +128,10 @@ step_epoch() {
 }
 
 step_ddp() {
+    # the Slurm launcher's ranks from a task's Slurm variables, set by hand (task 1 of 2 on one node): RANK 1,
+    # LOCAL_RANK 1, and its GPU, cuda_device (1 with two GPUs; 0 with one, as where Slurm binds a GPU to a task)
+    SUBMITIT_EXECUTOR=slurm SLURM_JOB_ID=1 SLURM_NTASKS=2 SLURM_JOB_NUM_NODES=1 SLURM_JOB_NODELIST=localhost \
+        SLURM_PROCID=1 SLURM_LOCALID=1 SLURM_NODEID=0 "$PY" -m afqmc.runs.launcher || return 1
     local gpus=0
     ((DRY)) || gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())")
     if ((!DRY && gpus < 2)); then

@@ -15,10 +15,11 @@ mkdir -p "$DEST/wheels" "$DEST/shared/models" "$DEST/shared/data"
 version() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
 # Pure-Python wheels; --python-version: the device's python is 3.12 (a py3-none-any wheel fits any).
 # hydra-submitit-launcher: hydra_plugins/afqmc_launcher imports it, and Hydra imports every plugin on each run
-# (without it, each run warns); it loads submitit only when it launches, so submitit itself is not needed.
+# (without it, each run warns); submitit (and its cloudpickle): the ddp step maps a Slurm task's variables to ranks.
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d "$DEST/wheels" \
     "hydra-core==$(version hydra-core)" "omegaconf==$(version omegaconf)" \
-    "hydra-submitit-launcher==$(version hydra-submitit-launcher)"
+    "hydra-submitit-launcher==$(version hydra-submitit-launcher)" \
+    "submitit==$(version submitit)" "cloudpickle==$(version cloudpickle)"
 # antlr4-python3-runtime 4.9.3 (what omegaconf 2.3 pins) exists only as an sdist: build its py3-none-any wheel.
 "$PY" -m pip wheel -q --no-deps -w "$DEST/wheels" "antlr4-python3-runtime==$(version antlr4-python3-runtime)"
 

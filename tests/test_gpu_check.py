@@ -38,6 +38,7 @@ def test_the_dry_run_runs_every_step_and_says_how_each_went(tmp_path):
     assert "needs a CUDA GPU" in (out / "1_cuda_tests.log").read_text()
     assert re.search(r"afqmc speed-up: [\d.]+x trainer_grouped", (out / "2_throughput.log").read_text())
     assert '"world_size": 2' in (out / "4_ddp.log").read_text()
+    assert '{"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"' in (out / "4_ddp.log").read_text()  # Slurm's task 1
     assert "operators by self CPU time" in (out / "profile_kernels.txt").read_text()
     # what a device call brings back: at most 8 files, named in letters, digits, '.', '_' and '-'
     files = sorted(p.name for p in out.iterdir())
