@@ -147,6 +147,9 @@ def write_record(run_dir: Path, cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     hydra = HydraConfig.instance().cfg if HydraConfig.initialized() else None
+    output_dir = OmegaConf.select(hydra, "hydra.runtime.output_dir") if hydra is not None else None
+    if output_dir is None or Path(output_dir).resolve() != run_dir.resolve():
+        hydra = None  # (another run's, left in this process: not this one's record)
     overrides = list(hydra.hydra.overrides.task) if hydra is not None else []
     write_text(run_dir / CONFIG, OmegaConf.to_yaml(cfg))
     if hydra is not None:
