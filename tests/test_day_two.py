@@ -356,3 +356,14 @@ def test_a_duplicate_id_in_a_parquet_test_split_names_both_rows(tmp_path):
     cfg = parquet_cfg(tmp_path).dataset
     with pytest.raises(DataError, match=rf"^{path}:row 3: duplicate prediction id 100: row 1 \(id 100\) and row 3"):
         build_dataset(cfg, "test")
+
+
+def test_a_config_recorded_before_a_dataset_key_existed_takes_its_default():
+    """afqmc.evaluate on an older run: its .hydra/config.yaml has no dataset.max_test_samples, no dataset.subset."""
+    from omegaconf import open_dict
+
+    cfg = compose_cfg(["experiment=smoke"])
+    with open_dict(cfg):
+        del cfg.dataset.max_test_samples, cfg.dataset.subset
+    check_config(cfg)
+    assert cfg.dataset.max_test_samples is None and cfg.dataset.subset is None

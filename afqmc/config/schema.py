@@ -175,7 +175,7 @@ def check_config(cfg: DictConfig) -> None:
     named = tuple(f"{r.key}{end}" for r in (*GROUPS.values(), COLLATORS) if r not in components for end in " =")
     for group, registry in GROUPS.items():
         if registry in components and components[registry].schema is not None:
-            _drop_defaults_not_declared(cfg, group, components[registry].schema)
+            _apply_group_defaults(cfg, group, components[registry].schema)
             try:
                 found = map_problems(_plain(cfg, group), {"name": Key(str), **components[registry].schema}, group)
             except ConfigError as e:
@@ -202,9 +202,11 @@ def check_config(cfg: DictConfig) -> None:
 GROUP_DEFAULTS = {"dataset": Path(__file__).resolve().parents[2] / "conf" / "dataset_defaults" / "sentence_pairs.yaml"}
 
 
-def _drop_defaults_not_declared(cfg: DictConfig, group: str, schema: dict) -> None:
-    """A dataset of another builder (a plugin's) got the built-in builder's defaults too: those its schema does
-    not declare, still at their default value, go; one that the user set is still an unknown key."""
+def _apply_group_defaults(cfg: DictConfig, group: str, schema: dict) -> None:
+    """conf/dataset_defaults/ as the chosen dataset's schema takes it. A dataset of another builder (a plugin's)
+    got the built-in builder's defaults too: those its schema does not declare, still at their default value, go
+    (one that the user set is still an unknown key). A key the schema declares and the config lacks (a run
+    recorded before the key was added, a config composed without conf/config.yaml) takes its default."""
     if group not in GROUP_DEFAULTS or not isinstance(cfg.get(group), DictConfig):
         return
     defaults = OmegaConf.to_container(OmegaConf.load(GROUP_DEFAULTS[group]))
@@ -213,6 +215,8 @@ def _drop_defaults_not_declared(cfg: DictConfig, group: str, schema: dict) -> No
         for key, value in defaults.items():
             if key not in schema and key != "name" and key in node and _plain_value(node, key) == value:
                 del node[key]
+            elif key in schema and key not in node and node.get("name") == defaults["name"]:
+                node[key] = value
 
 
 def _plain_value(node: DictConfig, key: str):
