@@ -367,3 +367,12 @@ def test_a_config_recorded_before_a_dataset_key_existed_takes_its_default():
         del cfg.dataset.max_test_samples, cfg.dataset.subset
     check_config(cfg)
     assert cfg.dataset.max_test_samples is None and cfg.dataset.subset is None
+
+
+def test_a_sweeper_plugin_not_installed_names_the_extra():
+    from hydra.errors import MissingConfigException
+
+    from afqmc.config.schema import compose_error
+
+    error = MissingConfigException("In 'hydra/config': Could not find 'hydra/sweeper/optuna'.\nAvailable ...")
+    assert compose_error(error).endswith("(Hydra's search and launcher plugins come with pip install -e '.[sweeps]')")

@@ -267,7 +267,10 @@ def compose_error(e: Exception) -> str:
     text = text.split("\nConfig search path:")[0]  # the search path is noise to a user
     text = re.sub(r":\n\t", ": ", text)  # "Available options in 'optimizer':\n\tadamw\n\tsgd"
     text = re.sub(r"\n\t", ", ", text)
-    return re.sub(r"\s*\n+\s*", ". ", text.strip())
+    text = re.sub(r"\s*\n+\s*", ". ", text.strip())
+    if re.search(r"Could not find 'hydra/(sweeper|launcher)/(optuna|joblib|submitit)", text):
+        text += " (Hydra's search and launcher plugins come with pip install -e '.[sweeps]')"
+    return text
 
 
 def omegaconf_error(e: Exception) -> str:
