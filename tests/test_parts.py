@@ -110,4 +110,5 @@ def test_an_option_added_since_a_run_was_recorded_is_no_change_but_a_removed_one
     assert config_changes({"optimizer.lr": 0.1}, {"optimizer.lr": 0.2}) == ["optimizer.lr: 0.1 -> 0.2"]
     # model.pooling=pooler, the default before model.pooling=auto, is auto's old name
     assert config_changes({"model.pooling": "pooler"}, {"model.pooling": "auto"}) == []
+    assert config_changes({"optimizer.betas": [0.9, 0.999]}, {"optimizer.betas": [0.9, 0.999]}) == []
     assert config_changes({"model.pooling": "pooler"}, {"model.pooling": "cls"}) == ["model.pooling: 'pooler' -> 'cls'"]
