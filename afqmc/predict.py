@@ -107,12 +107,17 @@ class Predictor:
         return [(self.labels[j], q) for j, q in zip(idx.tolist(), p.tolist())]
 
 
+FILE_FORMATS = {".json": "jsonl", ".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+
+
 def file_config(predictor: Predictor, args) -> DictConfig:
     """How to read --file: the run's dataset settings, the flags over them, the model's labels."""
     # a copy; a dataset that is not afqmc's (a plugin's) has no columns or format: AFQMC's, or the flags
     cfg = OmegaConf.merge(predictor.dataset if "columns" in predictor.dataset else AFQMC_DATASET, {})
     if args.format:
         cfg.format = args.format
+    if cfg.format == "hf":  # the run read a datasets split; --file is a file: its format by its name
+        cfg.format = FILE_FORMATS.get(Path(args.file).suffix.lower(), "jsonl")
     positions = cfg.format != "jsonl" and not cfg.get("header", True)  # columns are 0-based positions
     flags = {"text_a": args.text_a, "text_b": args.text_b, "label": args.label, "id": args.id}
     cfg.columns.update({k: int(v) if positions and v.isdigit() else v for k, v in flags.items() if v is not None})
@@ -167,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("pair", nargs="*", help="sentence1 sentence2, or one sentence for a single-sentence model")
     ap.add_argument("--file", help="a file of pairs to classify (JSON lines, CSV or TSV)")
     ap.add_argument("--output", help="where --file's predictions go (default: standard output)")
-    ap.add_argument("--format", choices=tuple(FORMATS), help="--file's format (default: the run's dataset.format)")
+    ap.add_argument("--format", choices=[f for f in FORMATS if f != "hf"], help="--file's format (default: the run's)")
     for column in ("text_a", "text_b", "label", "id"):
         ap.add_argument(f"--{column.replace('_', '-')}", help=f"--file's {column} column (default: the run's)")
     ap.add_argument("--single", action="store_true", help="--file has one text per line (--text-a)")

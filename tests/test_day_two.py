@@ -376,3 +376,15 @@ def test_a_sweeper_plugin_not_installed_names_the_extra():
 
     error = MissingConfigException("In 'hydra/config': Could not find 'hydra/sweeper/optuna'.\nAvailable ...")
     assert compose_error(error).endswith("(Hydra's search and launcher plugins come with pip install -e '.[sweeps]')")
+
+
+def test_predict_reads_a_file_for_a_model_trained_on_a_datasets_split():
+    """The run's dataset.format=hf names no file format: --file's comes from its name (a folder is no file)."""
+    from types import SimpleNamespace
+
+    from afqmc.predict import file_config
+
+    trained = SimpleNamespace(dataset=compose_cfg(["dataset.format=hf"]).dataset, labels=["0", "1"])
+    flags = dict(format=None, text_a=None, text_b=None, label=None, id=None, single=False)
+    assert file_config(trained, SimpleNamespace(file="x.parquet", **flags)).format == "parquet"
+    assert file_config(trained, SimpleNamespace(file="pairs.jsonl", **flags)).format == "jsonl"
