@@ -21,7 +21,7 @@ from .conftest import ROOT, TORCHRUN, records, summary
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "scancel")
-# The cluster has one partition, "debug", and 2 CPUs and no GPU; a job asks for one CPU, so two run at once.
+# The cluster has one partition, "debug", and 4 CPUs (on the machine's cores) and no GPU; a task asks for one CPU.
 LAUNCHER = [
     "hydra/launcher=slurm",
     "hydra.launcher.partition=debug",
@@ -266,7 +266,7 @@ def test_a_rank_that_stops_answering_fails_the_job_within_the_timeout(slurm, tmp
     at its next collective for trainer.dist_timeout_s, fails the run, and its exit ends the job (srun
     --kill-on-bad-exit), rank 1 included. Before the timeout existed, gloo waited 30 min, the job with it."""
     # 50 epochs: time enough to be stopped (a run that completes fails the test), ended long before
-    args = sweep_args(tmp_path, *TWO_RANKS, "trainer.epochs=50", "trainer.log_every=1", "trainer.dist_timeout_s=5")
+    args = sweep_args(tmp_path, *TWO_RANKS, "trainer.epochs=50", "trainer.log_every=1", "trainer.dist_timeout_s=10")
     proc = subprocess.Popen(args, cwd=ROOT, env=slurm, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         task, job_id = wait_training(slurm, tmp_path / "0", proc)

@@ -42,7 +42,8 @@ TaskPlugin=task/none
 MpiDefault=none
 MailProg=/bin/true
 SwitchType=switch/none
-# Two one-CPU jobs side by side; memory is not scheduled (jobs still ask for some, up to RealMemory).
+# Four one-CPU tasks side by side (two jobs of two ranks: one may wait paused while the other runs), whatever the
+# machine's cores (config_overrides); memory is not scheduled (jobs still ask for some, up to RealMemory).
 SchedulerType=sched/backfill
 # Pending jobs (a requeued one, once its wait is over) are looked at every second, not every 30-60 s.
 SchedulerParameters=sched_interval=1,bf_interval=1
@@ -56,7 +57,7 @@ ReturnToService=2
 SlurmdParameters=config_overrides
 KillWait=30
 MinJobAge=300
-NodeName=$host NodeAddr=127.0.0.1 CPUs=2 RealMemory=4096 State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=4 RealMemory=4096 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 export SLURM_CONF="$dir/slurm.conf"
