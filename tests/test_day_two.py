@@ -388,3 +388,10 @@ def test_predict_reads_a_file_for_a_model_trained_on_a_datasets_split():
     flags = dict(format=None, text_a=None, text_b=None, label=None, id=None, single=False)
     assert file_config(trained, SimpleNamespace(file="x.parquet", **flags)).format == "parquet"
     assert file_config(trained, SimpleNamespace(file="pairs.jsonl", **flags)).format == "jsonl"
+
+
+def test_a_label_map_merged_by_inheriting_afqmc_says_why(user_conf):
+    path = user_conf / "dataset" / "mine.yaml"
+    path.write_text("defaults: [afqmc, _self_]\n" + path.read_text())
+    with pytest.raises(ConfigError, match=r"holds AFQMC's labels '0' and '1' besides its own: .* leave that line out"):
+        check_config(mine(user_conf, "experiment=smoke"))

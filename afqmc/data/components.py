@@ -116,6 +116,13 @@ def check_dataset(cfg) -> None:
     """What the keys cannot say one by one: columns are names or positions as dataset.header says,
     no two the same, and a label is either a class or no gold label, not both."""
     d = cfg.dataset
+    labels = OmegaConf.to_container(d.label_map)
+    if not _class_indices(labels) and {"0", "1"} < set(map(str, labels)):  # Hydra merged two maps
+        raise ConfigError(
+            f"dataset.label_map={labels} holds AFQMC's labels '0' and '1' besides its own: a dataset YAML with "
+            "`defaults: [afqmc, _self_]` has its label_map merged into AFQMC's; leave that line out "
+            "(conf/dataset_defaults/ gives what a corpus leaves out)"
+        )
     given = OmegaConf.to_container(d.columns)  # (in reading order: conf/dataset_defaults/ puts id first)
     columns = {k: given[k] for k in sorted(given, key=COLUMN_ORDER.index) if given[k] is not None}
     positions = d.format in ("csv", "tsv") and not d.header
