@@ -11,7 +11,7 @@ from afqmc.config.schema import check_config
 from afqmc.errors import ConfigError
 from tests.conftest import ROOT, compose_cfg, summary
 
-# everything a corpus needs to say: the rest has defaults (afqmc/data/components.py, DATASET_KEYS)
+# everything a corpus needs to say: the rest has defaults (conf/dataset_defaults/sentence_pairs.yaml)
 MINIMAL_YAML = """task: sentiment
 root: {root}
 format: tsv
@@ -52,7 +52,7 @@ def test_a_corpus_yaml_of_six_keys_is_complete_and_its_label_map_replaces_the_de
     # the smoke vocabulary knows AFQMC-style questions, not this corpus' characters
     assert "% of the train split's tokens are [UNK]: the tokenizer of model.checkpoint=" in caplog.text
     assert cfg.dataset.name == "sentence_pairs" and cfg.dataset.collate == "pair_tokenize"
-    assert dict(cfg.dataset.label_map) == {"neg": 0, "pos": 1}  # not merged with the default "0"/"1"
+    assert dict(cfg.dataset.label_map) == {"neg": 0, "pos": 1}  # its own, not merged with AFQMC's "0"/"1"
     result = summary(tmp_path / "run")
     assert result["status"] == "completed"
     predictions = (tmp_path / "run" / "predictions" / "sentiment_predict.json").read_text().splitlines()
