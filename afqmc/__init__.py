@@ -4,6 +4,7 @@ import contextlib
 import logging
 import os
 import secrets
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -81,7 +82,7 @@ def train(cfg, output_dir) -> float:
             if error is not e:
                 raise error from None  # run.py says it in one line, as for a first Ctrl-C
             raise
-        finally:
-            from afqmc.training.distributed import shutdown
-
-            shutdown()  # a torchrun run leaves its process group destroyed
+        finally:  # a torchrun run leaves its process group destroyed (none without the module: a Ctrl-C while
+            distributed = sys.modules.get("afqmc.training.distributed")  # torch was imported left it half-made)
+            if distributed is not None:
+                distributed.shutdown()
