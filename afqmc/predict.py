@@ -45,10 +45,11 @@ def checkpoint_dir(given: str | Path) -> Path:
     path = Path(given)
     if not (path / MANIFEST).is_file() and (path / BEST / MANIFEST).is_file():
         return path / BEST  # a run directory
-    if not path.is_dir():
+    if not path.is_dir() or not any((path / name).is_file() for name in (MANIFEST, "config.json")):
+        what = "missing" if not path.exists() else "not a directory" if not path.is_dir() else "not a checkpoint"
         raise CheckpointError(
-            f"{path}: {'not a directory' if path.exists() else 'missing'}; expected a checkpoint directory "
-            "(a run's checkpoints/best), or a run directory holding one"
+            f"{path}: {what}; expected a checkpoint directory (a run's checkpoints/best), or a run directory "
+            "holding one"
         )
     return path
 

@@ -222,6 +222,7 @@ def test_predict_refuses_what_it_would_answer_wrongly(completed, tmp_path, capsy
         ([best, "借呗怎么还款"], "1 sentence(s) given to a sentence-pair model: give two sentences"),
         ([best, "借呗", "花呗", "--max-length", "100000"], "--max-length 100000 is invalid; expected at most"),
         ([str(tmp_path / "nope"), "借呗", "花呗"], "missing; expected a checkpoint directory"),
+        ([str(tmp_path), "借呗", "花呗"], "not a checkpoint; expected a checkpoint directory"),
     ):
         assert predict.main(args) == 1
         err = capsys.readouterr().err
