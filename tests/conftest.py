@@ -104,7 +104,8 @@ SIGNAL_HOOK = textwrap.dedent("""
     def hooked(*args, **kwargs):
         result = original(*args, **kwargs)
         call = types.SimpleNamespace(**signature.bind(*args, **kwargs).arguments)
-        if operator.attrgetter(steps)(call) == at:
+        here = os.environ.get("RANK", "0") == os.environ.get("HOOK_RANK", os.environ.get("RANK", "0"))
+        if operator.attrgetter(steps)(call) == at and here:
             print(f"signal hook: {'+'.join(s.name for s in signums)} at step {at}", flush=True)
             for signum in signums:
                 os.kill(os.getpid(), signum)  # (its handler runs before os.kill returns)
@@ -117,11 +118,11 @@ SIGNAL_HOOK = textwrap.dedent("""
 """)
 
 
-def signal_at(step: int, signums, *args, point="step", cwd=ROOT, torchrun=False, timeout=300):
-    """python run.py ARGS (or torchrun ... run.py ARGS, each rank alike), that sends itself `signums` (one signal or
-    several, in order) from inside the process at optimizer step `step`: at point "step", during that step (after
-    its update of the weights, before its record, its evaluation and its stop check), as if they had come from
-    outside at that moment; at point "saved", right after it saves checkpoints/last at that step.
+def signal_at(step: int, signums, *args, point="step", cwd=ROOT, torchrun=False, rank=None, timeout=300):
+    """python run.py ARGS (or torchrun ... run.py ARGS: each rank alike, or `rank` alone), that sends itself `signums`
+    (one signal or several, in order) from inside the process at optimizer step `step`: at point "step", during that
+    step (after its update of the weights, before its record, its evaluation and its stop check), as if they had come
+    from outside at that moment; at point "saved", right after it saves checkpoints/last at that step.
     SIGNAL_POINTS names what is patched. No clock: the same step every time. Waited for; stdout and stderr
     together in .stdout."""
     signums = [signums] if isinstance(signums, int) else list(signums)
@@ -131,6 +132,7 @@ def signal_at(step: int, signums, *args, point="step", cwd=ROOT, torchrun=False,
         "HOOK_POINT": SIGNAL_POINTS[point],
         "HOOK_STEP": str(step),
         "HOOK_SIGNALS": ",".join(str(int(s)) for s in signums),
+        **({"HOOK_RANK": str(rank)} if rank is not None else {}),  # under torchrun: that rank alone
     }
     return subprocess.run(
         [*launcher, "-c", SIGNAL_HOOK, str(ROOT / "run.py"), *args],

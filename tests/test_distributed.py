@@ -2,13 +2,14 @@
 
 import json
 import math
+import signal
 
 import pytest
 
 from afqmc.training.checkpoint import load_model
 from afqmc.training.components import build_trainer
 
-from .conftest import SMOKE_BATCH, SMOKE_PAIRS, compose_cfg, smoke_steps, summary, torchrun_py
+from .conftest import SMOKE_BATCH, SMOKE_PAIRS, compose_cfg, signal_at, smoke_steps, summary, torchrun_py
 
 EVAL_BATCH = 16
 
@@ -43,3 +44,20 @@ def test_torchrun_two_processes_one_run_directory(tmp_path, model):
     single.model.load_state_dict(load_model(run / "checkpoints" / "best").state_dict())
     dev = single.evaluate("dev")
     assert dev == pytest.approx(result["dev"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_a_stop_signal_to_one_rank_stops_both_at_the_same_step(tmp_path):
+    """SIGUSR2 (the time-limit warning) to rank 1 alone at step 7: both ranks stop at step 10, the next log step,
+    where they agree; rank 0 saves checkpoints/last there, and the run resumes from it to its end."""
+    args = ["experiment=smoke", "trainer.epochs=1", "trainer.log_every=5", "trainer.save_every_steps=null"]
+    args += [f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = signal_at(7, signal.SIGUSR2, *args, torchrun=True, rank=1, cwd=tmp_path)
+    assert proc.returncode != 0 and proc.stdout.count("signal hook: SIGUSR2 at step 7") == 1, proc.stdout[-3000:]
+    assert "Interrupted: SIGUSR2 at epoch 1, step 10" in proc.stdout  # rank 1's line
+    log = (tmp_path / "run" / "run.log").read_text()  # rank 0's
+    assert "Interrupted: a stop signal to another rank at epoch 1, step 10: saved " in log, log[-3000:]
+    resumed = torchrun_py(*args, "trainer.resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "checkpoints/last: epoch 1, batch 10, step 10" in (tmp_path / "run" / "run.log").read_text()
+    assert summary(tmp_path / "run")["train"]["steps"] == smoke_steps(1) // 2
