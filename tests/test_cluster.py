@@ -37,6 +37,18 @@ def test_a_job_shape_that_cannot_train_one_run_is_one_line_and_submits_nothing(t
     assert not (tmp_path / "sweep" / ".submitit").exists()
 
 
+def test_several_nodes_with_tasks_per_node_unset_is_one_line(tmp_path):
+    env = {**ENV, "SLURM_CONF": str(tmp_path / "no-slurm.conf")}
+    shape = ["hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=null"]  # Hydra's schema: an int
+    proc = run_py("-m", *SLURM, *shape, f"hydra.sweep.dir={tmp_path / 'sweep'}", env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "ConfigError: Error merging override hydra.launcher.tasks_per_node=null: "
+        "field 'hydra.launcher.tasks_per_node' is not Optional"
+    ]
+    assert not (tmp_path / "sweep" / ".submitit").exists()
+
+
 @pytest.mark.parametrize("gpus", ["gpus_per_node=8", "gpus_per_task=1", "gpus_per_node=0"])
 def test_one_task_per_gpu_or_cpu_ranks_pass_the_check(gpus):
     from afqmc.runs.launcher import check_shape

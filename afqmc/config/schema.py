@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from afqmc.config.plugins import load_plugins
 from afqmc.config.registry import (
@@ -264,6 +264,8 @@ def compose_error(e: Exception) -> str:
         return unknown_key(override.group(1) if override else cause.full_key, cause.key, parent.keys(), path)
     if not text.strip() and cause is not None:  # e.g. a YAML !!set, which OmegaConf cannot hold
         return omegaconf_error(cause)
+    if isinstance(cause, ValidationError) and text.startswith("Error merging override"):  # say what is wrong with it
+        return f"{text}: {first_line(cause)}"  # e.g. null for hydra.launcher.tasks_per_node: "is not Optional"
     text = text.split("\nConfig search path:")[0]  # the search path is noise to a user
     text = re.sub(r":\n\t", ": ", text)  # "Available options in 'optimizer':\n\tadamw\n\tsgd"
     text = re.sub(r"\n\t", ", ", text)
