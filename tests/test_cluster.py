@@ -70,7 +70,8 @@ def slurm_task(procid: int, localid: int, nodeid: int) -> dict:
         "SLURM_PROCID": str(procid),
         "SLURM_LOCALID": str(localid),
         "SLURM_NODEID": str(nodeid),
-        "RANK": "0",  # one left over from the submitting shell: the job's own wins
+        "RANK": "0",  # left over from the submitting shell: the job's own win
+        "MASTER_PORT": "29500",
     }
 
 
@@ -88,4 +89,5 @@ def test_each_slurm_task_is_one_rank_of_one_run():
         ranks.append(json.loads(proc.stdout))
     assert [(r["RANK"], r["LOCAL_RANK"]) for r in ranks] == [("0", "0"), ("1", "1"), ("2", "0"), ("3", "1")]
     assert {(r["WORLD_SIZE"], r["LOCAL_WORLD_SIZE"], r["MASTER_ADDR"]) for r in ranks} == {("4", "2", "gpu3")}
-    assert len({r["MASTER_PORT"] for r in ranks}) == 1  # one rendezvous: the first node, a port from the job id
+    # one rendezvous: the first node, a port from the job id (not one the shell had: two jobs on a node would share it)
+    assert len({r["MASTER_PORT"] for r in ranks}) == 1 and ranks[0]["MASTER_PORT"] != "29500"

@@ -158,6 +158,7 @@ def join_ranks() -> tuple[int, int]:
 
     env = submitit.JobEnvironment()
     if env.num_tasks > 1:  # overwrite: the job's own variables, not any the submitting shell passed on
+        os.environ.pop("MASTER_PORT", None)  # (else taken as is: two jobs on one node would share it)
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     return env.global_rank, env.num_tasks
 
