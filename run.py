@@ -1,4 +1,4 @@
-"""Entry point: python run.py [overrides]. See README.md and conf/config.yaml."""
+"""Entry point: python run.py [overrides]. See README.md, docs/ and conf/config.yaml."""
 
 import logging
 import os

@@ -86,7 +86,7 @@ def build_classifier(config, pooling: str, checkpoint: str | None = None, dropou
         log.warning(
             "model.checkpoint=%s has no pooler weights: model.pooling=%s starts from a random pooler "
             "(dense + tanh), trained with the head; model.pooling=mean or cls uses the encoder as it was "
-            "pretrained (README, Pooling)",
+            "pretrained (docs/models.md, Pooling)",
             checkpoint,
             pooling,
         )
