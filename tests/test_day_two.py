@@ -78,7 +78,8 @@ def test_a_capped_test_split_predicts_its_first_lines_marked_partial_and_is_no_s
     from afqmc.clue_submission import run_predictions
     from afqmc.errors import SubmissionError
 
-    cfg = compose_cfg(["experiment=smoke", "dataset.max_test_samples=3", "trainer.epochs=1"])
+    small = ["dataset.max_train_samples=32", "dataset.max_eval_samples=16"]
+    cfg = compose_cfg(["experiment=smoke", "dataset.max_test_samples=3", "trainer.epochs=1", *small])
     afqmc.train(cfg, tmp_path)
     assert len((tmp_path / "predictions" / "afqmc_predict.json").read_text().splitlines()) == 3
     assert summary(tmp_path)["predictions_partial"] is True
@@ -289,7 +290,8 @@ def test_the_bar_of_an_epoch_cut_by_max_steps_closes_as_done(tmp_path, capsys, m
     import sys
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: the bar shows
-    afqmc.train(compose_cfg(["experiment=smoke", "trainer.max_steps=2", "trainer.epochs=3"]), tmp_path)
+    small = ["dataset.max_eval_samples=16", "trainer.predict=false"]
+    afqmc.train(compose_cfg(["experiment=smoke", "trainer.max_steps=2", "trainer.epochs=3", *small]), tmp_path)
     last = [line for line in capsys.readouterr().err.split("\r") if "epoch 1/3" in line][-1]
     assert "epoch 1/3, done at trainer.max_steps=2: 100%" in last and " 2/2 " in last, last
 
@@ -336,7 +338,8 @@ def test_afqmc_evaluate_logs_its_metrics_to_the_runs_tracker(tmp_path):
 
     from afqmc.evaluate import evaluate_run
 
-    afqmc.train(compose_cfg(["experiment=smoke", "trainer.epochs=1", "logger=tensorboard"]), tmp_path)
+    small = ["dataset.max_train_samples=32", "dataset.max_eval_samples=16", "trainer.predict=false"]
+    afqmc.train(compose_cfg(["experiment=smoke", "trainer.epochs=1", "logger=tensorboard", *small]), tmp_path)
     record = json.loads(evaluate_run(tmp_path, "best", "dev").read_text())
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
