@@ -1,5 +1,8 @@
 """The loops we measure ourselves against, on the same model class (BertForPairwiseCLS) and data.
 
+With pooling "auto" they train AutoModelForSequenceClassification instead (the architecture's own head,
+what run_glue builds), as this framework's model.pooling=auto does: any architecture that has one.
+
 - hf_trainer: transformers.Trainer, either as run_glue does by default (every pair padded to
   max_length) or with dynamic padding + train_sampling_strategy="group_by_length".
 - classic_loop: the hand-written notebook loop (random batches, tokenized and padded per batch).
@@ -26,6 +29,14 @@ def load_pairs(data_dir: str, split: str, limit: int | None = None) -> list[dict
 
 
 def load_model(model_dir: str, pooling: str, pretrained: bool, device: str):
+    if pooling == "auto":
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        if pretrained:
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+        else:
+            model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(model_dir, num_labels=2))
+        return model.to(device), AutoTokenizer.from_pretrained(model_dir)
     if pretrained:
         model = BertForPairwiseCLS.from_pretrained(model_dir, num_labels=2)
     else:
@@ -89,7 +100,7 @@ def hf_trainer(args, out_dir: str, pad_to_max: bool) -> dict:
     seconds = time.perf_counter() - start
     result = {"samples": len(train) * args.epochs, "seconds": seconds}
     if args.eval:
-        pred = trainer.predict(encode(load_pairs(args.data, "dev")))
+        pred = trainer.predict(encode(load_pairs(args.data, "dev", getattr(args, "dev", None))))
         preds, labels = torch.tensor(pred.predictions).argmax(-1), torch.tensor(pred.label_ids)
         result["dev"] = classification_metrics(preds, labels, 2)
     return result

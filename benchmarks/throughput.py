@@ -6,7 +6,9 @@ Each loop trains the same model class on the same first N train pairs with the s
 learning rate and seed, in a fresh child process, one after another; each reports training
 samples/s (training steps only: no loading, no evaluation) and its process's peak memory.
 --compile compiles the model in this framework and in the Trainer (torch_compile); --also-compiled
-runs every loop eager, then compiled. Exits 1 when a loop failed.
+runs every loop eager, then compiled. --pooling auto trains AutoModelForSequenceClassification in
+every loop (any architecture with that head). --eval also scores this framework and the Trainer on the
+dev split (--dev N: its first N pairs) after training, untimed. Exits 1 when a loop failed.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def run_ours(args, out_dir: str) -> dict:
         f"model.pretrained={str(args.pretrained).lower()}",
         f"model.pooling={args.pooling}",
         f"dataset.max_train_samples={args.samples}",
-        "dataset.max_eval_samples=64",
+        f"dataset.max_eval_samples={(args.dev or 'null') if args.eval else 64}",
         f"dataset.max_length={args.max_length}",
         f"trainer.epochs={args.epochs}",
         f"trainer.batch_size={args.batch_size}",
@@ -56,8 +58,11 @@ def run_ours(args, out_dir: str) -> dict:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     afqmc.train(cfg, out_dir)
-    train = json.loads((Path(out_dir) / "summary.json").read_text())["train"]
-    return {"samples": train["samples"], "seconds": train["seconds"]}
+    summary = json.loads((Path(out_dir) / "summary.json").read_text())
+    result = {"samples": summary["train"]["samples"], "seconds": summary["train"]["seconds"]}
+    if args.eval:
+        result["dev"] = {k: v for k, v in summary["dev"].items() if k != "loss"}
+    return result
 
 
 def child(args) -> None:
@@ -96,7 +101,9 @@ def main() -> None:
     ap.add_argument(
         "--random", dest="pretrained", action="store_false", help="random weights from the config (speed only)"
     )
-    ap.add_argument("--pooling", default="cls", choices=["cls", "mean"])
+    ap.add_argument(
+        "--pooling", default="cls", choices=["cls", "mean", "auto"], help="auto: AutoModelForSequenceClassification"
+    )
     ap.add_argument(
         "--set",
         action="append",
@@ -106,7 +113,8 @@ def main() -> None:
     )
     ap.add_argument("--repeat", type=int, default=1, help="rounds of all loops; the medians are compared")
     ap.add_argument("--loops", default=",".join(LOOPS), help=f"comma-separated subset of {','.join(LOOPS)}")
-    ap.add_argument("--eval", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--eval", action="store_true", help="also score afqmc and the Trainers on dev (untimed)")
+    ap.add_argument("--dev", type=int, default=None, help="with --eval: the first N dev pairs (default: all)")
     ap.add_argument("--one", choices=list(LOOPS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -127,8 +135,9 @@ def main() -> None:
                 continue
             results.append(r := json.loads(line[-1][7:]))
             r["sps"] = r["samples"] / r["seconds"]
+            dev = "".join(f"  dev {k} {r['dev'][k]:.4f}" for k in ("accuracy", "f1_macro")) if "dev" in r else ""
             print(
-                f"{label(name, compiled):24s} {r['sps']:8.1f} samples/s  peak {r['peak_mib']:8.0f} MiB  "
+                f"{label(name, compiled):24s} {r['sps']:8.1f} samples/s  peak {r['peak_mib']:8.0f} MiB{dev}  "
                 f"({LOOPS[name]}{', compiled' if compiled else ''}, round {round_ + 1})",
                 flush=True,
             )
