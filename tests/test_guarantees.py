@@ -12,29 +12,7 @@ import pytest
 from afqmc.runs import records as runs
 
 from .conftest import compose_cfg, read_jsonl, run_py, summary
-
-# 4 optimizer steps, checkpoints/last after each
-TINY = [
-    "experiment=smoke",
-    "dataset.max_train_samples=64",
-    "trainer.epochs=1",
-    "trainer.predict=false",
-    "trainer.log_every=1",
-]
-RECORD = (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "summary.json")
-
-
-def snapshot(run_dir: Path) -> dict:
-    return {name: (run_dir / name).read_bytes() for name in RECORD if (run_dir / name).exists()}
-
-
-def one_line_error(proc, *needles):
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 1, out[-3000:]
-    assert "Traceback" not in out, out[-3000:]
-    errors = [line for line in out.splitlines() if "Error" in line]
-    assert len(errors) == 1 and all(n in errors[0] for n in needles), errors
-    return errors[0]
+from .test_lifecycle import RECORD, TINY, one_line_error, snapshot
 
 
 @pytest.fixture(scope="module")
