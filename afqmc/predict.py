@@ -26,6 +26,7 @@ from afqmc.config.plugins import load_plugins
 from afqmc.data.reading import FORMATS, has_labels, read_examples
 from afqmc.errors import AfqmcError, CheckpointError, ConfigError, DataError
 from afqmc.files import write_text
+from afqmc.models.components import max_positions
 from afqmc.runs.card import load_run_config
 from afqmc.training.checkpoint import BEST, MANIFEST, label_names, load_model, load_tokenizer
 from afqmc.training.evaluator import Evaluator
@@ -65,8 +66,9 @@ class Predictor:
         self.tokenizer = load_tokenizer(path, self.model)
         self.dataset = run.dataset if run is not None else OmegaConf.create(AFQMC_DATASET)  # the run's settings
         self.max_length = max_length or self.dataset.max_length
-        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
-        if isinstance(limit, int) and self.max_length > limit:  # past it: an index error in a long batch
+        config = getattr(self.model, "config", None)  # (a model that is not a transformers one may have none)
+        limit = max_positions(config.to_dict()) if hasattr(config, "to_dict") else None
+        if limit is not None and self.max_length > limit:  # past it: an index error in a long batch
             raise ConfigError(
                 f"--max-length {self.max_length} is invalid; expected at most {limit}, the model's positions"
             )

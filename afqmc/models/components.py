@@ -130,10 +130,9 @@ def _loading(checkpoint: str):
         raise ModelLoadError(f"model.checkpoint={checkpoint!r} could not be loaded: {e}") from None
 
 
-def max_positions(cfg) -> int | None:
-    """max_position_embeddings of model.checkpoint, before any weights load (None when its config has none);
-    of the encoder inside afqmc's cls/mean classifier (model type afqmc_encoder)."""
-    config = checkpoint_config(cfg)
+def max_positions(config: dict) -> int | None:
+    """max_position_embeddings of a checkpoint's config.json values (None when it has none); of the encoder
+    inside afqmc's cls/mean classifier (model type afqmc_encoder)."""
     limit = {**config, **(config.get("encoder") or {})}.get("max_position_embeddings")
     return limit if isinstance(limit, int) else None
 
@@ -155,22 +154,22 @@ def checkpoint_config(cfg) -> dict:
 def check_classifier(cfg) -> None:
     """model=bert_cls: the checkpoint's architecture takes model.pooling (architectures.py), and its positions
     hold dataset.max_length."""
-    check_architecture(
-        cfg.model.checkpoint, checkpoint_config(cfg.model), cfg.model.pooling, cfg.model.trust_remote_code
-    )
-    max_length_fits(cfg)
+    config = checkpoint_config(cfg.model)  # read once, before any weights load
+    check_architecture(cfg.model.checkpoint, config, cfg.model.pooling, cfg.model.trust_remote_code)
+    max_length_fits(cfg, config)
 
 
 def check_module(cfg) -> None:
     """model=bert_pair_module: a BERT checkpoint, whose positions hold dataset.max_length."""
-    check_bert(cfg.model.checkpoint, checkpoint_config(cfg.model), cfg.model.name)
-    max_length_fits(cfg)
+    config = checkpoint_config(cfg.model)
+    check_bert(cfg.model.checkpoint, config, cfg.model.name)
+    max_length_fits(cfg, config)
 
 
-def max_length_fits(cfg) -> None:
+def max_length_fits(cfg, config: dict) -> None:
     """A token past max_position_embeddings has no position embedding: an index error (on CUDA a
-    device-side assert) in the first batch that long, after the whole setup."""
-    limit = max_positions(cfg.model)
+    device-side assert) in the first batch that long, after the whole setup. `config`: model.checkpoint's."""
+    limit = max_positions(config)
     if limit is not None and cfg.dataset.max_length > limit:
         raise ConfigError(
             f"dataset.max_length={cfg.dataset.max_length} is invalid; expected an integer <= {limit}, "
