@@ -67,9 +67,11 @@ def recover(path: Path) -> None:
         old.rename(path)
 
 
-def sha256(path: Path) -> str:
+def sha256(*paths: Path) -> str:
+    """The sha256 of a file's bytes (of several files', one after the other)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
+    for path in paths:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
     return digest.hexdigest()

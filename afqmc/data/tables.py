@@ -10,7 +10,6 @@ Nothing is held whole: parquet is read in batches of rows, a `datasets` split is
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from unittest import mock
 
 from afqmc.errors import ConfigError, DataError, first_line
+from afqmc.files import sha256
 
 TABLE_FORMATS = ("parquet", "hf")
 BATCH_ROWS = 1024  # rows read at a time: memory stays flat whatever the file's size
@@ -168,10 +168,4 @@ def _named(row: dict, labels: dict[str, list[str]]) -> dict:
 def source_sha256(source) -> str:
     """The sha256 of a split's file, or of a `datasets` split's Arrow files in order: a resume on other data is
     refused."""
-    files = source.files() if isinstance(source, HubSplit) else [source]
-    digest = hashlib.sha256()
-    for file in files:
-        with open(file, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return sha256(*(source.files() if isinstance(source, HubSplit) else [source]))
